@@ -1,0 +1,1 @@
+"""Analyses of soft visual prompts and attention."""

@@ -1,0 +1,1 @@
+"""Integrations: MONAI Label and MONAI Deploy applications."""

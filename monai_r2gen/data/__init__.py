@@ -1,0 +1,31 @@
+"""Data: radiograph loading transforms, report processing, datasets and synthetic phantoms.
+
+Names are resolved lazily so that ``import monai_r2gen.data`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LoadRadiograph": "monai_r2gen.data.transforms",
+    "LoadRadiographd": "monai_r2gen.data.transforms",
+    "LoadStudyViewsd": "monai_r2gen.data.transforms",
+    "ResizeWithPadSquared": "monai_r2gen.data.transforms",
+    "RandRadiographAugmentd": "monai_r2gen.data.transforms",
+    "clean_report": "monai_r2gen.data.reports",
+    "extract_sections": "monai_r2gen.data.reports",
+    "TokenizeReportd": "monai_r2gen.data.reports",
+    "ReportDataset": "monai_r2gen.data.datasets",
+    "read_manifest": "monai_r2gen.data.datasets",
+    "ReportCollate": "monai_r2gen.data.datasets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

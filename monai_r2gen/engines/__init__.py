@@ -1,0 +1,1 @@
+"""Engines: freeze policies (stages), training and evaluation workflows."""

@@ -1,0 +1,25 @@
+"""Metrics: NLG scores (pycocoevalcap) and clinical efficacy (CheXpert-14 labeler).
+
+Names are resolved lazily so that ``import monai_r2gen.metrics`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "nlg_scores": "monai_r2gen.metrics.nlg",
+    "NLGMetric": "monai_r2gen.metrics.nlg",
+    "CheXpertLabeler": "monai_r2gen.metrics.chexpert",
+    "CHEXPERT_LABELS": "monai_r2gen.metrics.chexpert",
+    "ce_scores": "monai_r2gen.metrics.clinical",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
