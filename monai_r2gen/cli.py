@@ -78,6 +78,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         uncertain=args.uncertain,
         tokenize=args.tokenize,
         clean_style=args.clean_style,
+        chexbert_checkpoint=args.chexbert_checkpoint,
+        chexbert_tokenizer=args.chexbert_tokenizer,
+        radgraph_dir=args.radgraph_dir,
     )
     print(format_score_table(scores))
     if args.output:
@@ -115,9 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--references", required=True, help="annotation.json or manifest")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--output", default=None, help="write every score and the settings as JSON here")
-    evaluate.add_argument("--uncertain", default="positive", choices=["positive", "negative", "ignore"])
-    evaluate.add_argument("--tokenize", default="simple", choices=["simple", "ptb"])
+    evaluate.add_argument(
+        "--uncertain", default="negative", choices=["positive", "negative", "ignore"], help="CE uncertain-label mapping"
+    )
+    evaluate.add_argument("--tokenize", default="simple", choices=["simple", "ptb", "none"], help="NLG tokenization")
     evaluate.add_argument("--clean-style", default="mimic_cxr", choices=["iu_xray", "mimic_cxr", "none"])
+    evaluate.add_argument("--chexbert-checkpoint", default=None, help="local chexbert.pth (optional CheXbert F1)")
+    evaluate.add_argument("--chexbert-tokenizer", default=None, help="local BERT tokenizer folder for CheXbert")
+    evaluate.add_argument("--radgraph-dir", default=None, help="local RadGraph model folder (optional RadGraph F1)")
     evaluate.set_defaults(func=_cmd_evaluate)
     return parser
 

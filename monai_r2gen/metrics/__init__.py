@@ -13,7 +13,16 @@ _EXPORTS = {
     "NLGMetric": "monai_r2gen.metrics.nlg",
     "CheXpertLabeler": "monai_r2gen.metrics.chexpert",
     "CHEXPERT_LABELS": "monai_r2gen.metrics.chexpert",
+    "tokenize_reports": "monai_r2gen.metrics.nlg",
+    "report_output_transform": "monai_r2gen.metrics.nlg",
+    "NLG_KEYS": "monai_r2gen.metrics.nlg",
     "ce_scores": "monai_r2gen.metrics.clinical",
+    "ce_score_keys": "monai_r2gen.metrics.clinical",
+    "CEMetric": "monai_r2gen.metrics.clinical",
+    "CE5_LABELS": "monai_r2gen.metrics.clinical",
+    "CheXbertLabeler": "monai_r2gen.metrics.external",
+    "chexbert_scores": "monai_r2gen.metrics.external",
+    "radgraph_scores": "monai_r2gen.metrics.external",
 }
 
 __all__ = sorted(_EXPORTS)
