@@ -11,7 +11,19 @@ from typing import Any
 _EXPORTS = {
     "RadiologyReportGenerator": "monai_r2gen.networks.generator",
     "GeneratorConfig": "monai_r2gen.networks.generator",
+    "fingerprint": "monai_r2gen.networks.generator",
     "build_generator": "monai_r2gen.networks.factory",
+    "embedded_default_config": "monai_r2gen.networks.factory",
+    "tiny_llm_options": "monai_r2gen.networks.factory",
+    "tiny_encoder_options": "monai_r2gen.networks.factory",
+    "build_encoder": "monai_r2gen.networks.encoders",
+    "HFVisionEncoder": "monai_r2gen.networks.encoders",
+    "SmallCNNEncoder": "monai_r2gen.networks.encoders",
+    "ViewFusion": "monai_r2gen.networks.projectors",
+    "AttentionResampler": "monai_r2gen.networks.projectors",
+    "LinearProjector": "monai_r2gen.networks.projectors",
+    "MLPProjector": "monai_r2gen.networks.projectors",
+    "build_projector": "monai_r2gen.networks.projectors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,160 @@
+"""Freeze policies: which parts of a report generator train in each stage.
+
+Named presets (:data:`STAGES`):
+
+========  ===================  =========  ===================  =========
+preset    encoder              projector  LLM                  images
+========  ===================  =========  ===================  =========
+stage0    frozen               frozen     all weights          no (text)
+stage1    frozen (option)      trained    frozen               yes
+stage2    frozen (option)      trained    LoRA                 yes
+shallow   frozen               trained    frozen               yes
+delta     LoRA                 trained    frozen               yes
+deep      all weights          trained    frozen               yes
+========  ===================  =========  ===================  =========
+
+``stage0`` warms the language model up on report text alone: the embedded default's tiny LLM starts from random
+weights, and peft's ``get_peft_model`` freezes every base weight (embeddings and LM head included), so LoRA alone
+could never teach it the language. ``shallow`` / ``delta`` / ``deep`` are R2GenGPT's settings (its ``freeze_vm``,
+``vis_use_lora`` and ``llm_use_lora=False``): the LLM stays frozen in all three; "delta" puts LoRA on the vision
+encoder's attention query / value projections.
+
+:func:`apply_stage` sets ``requires_grad`` on every parameter explicitly (modules outside a peft wrapper are not
+touched by peft) and records on the model which parts were trained in full, so that ``save_pretrained`` writes
+them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+__all__ = ["StagePreset", "STAGES", "get_stage", "apply_stage", "trainable_summary"]
+
+logger = logging.getLogger(__name__)
+
+_MODES = ("frozen", "lora", "full")
+
+
+@dataclass(frozen=True)
+class StagePreset:
+    """One freeze policy.
+
+    Attributes:
+        name: preset name.
+        encoder: "frozen", "lora" or "full".
+        projector: whether view fusion and projector train.
+        llm: "frozen", "lora" or "full".
+        text_only: the stage trains on report text without images (the workflow calls ``forward(images=None)``).
+        description: one line for logs and docs.
+    """
+
+    name: str
+    encoder: str
+    projector: bool
+    llm: str
+    text_only: bool
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.encoder not in _MODES or self.llm not in _MODES:
+            raise ValueError(f"stage {self.name}: encoder / llm must be one of {_MODES}")
+
+
+STAGES: dict[str, StagePreset] = {
+    p.name: p
+    for p in (
+        StagePreset("stage0", "frozen", False, "full", True, "LM warm-up: every LLM weight, report text only"),
+        StagePreset("stage1", "frozen", True, "frozen", False, "alignment: projector (encoder optional)"),
+        StagePreset("stage2", "frozen", True, "lora", False, "projector + LLM LoRA (encoder optional)"),
+        StagePreset("shallow", "frozen", True, "frozen", False, "R2GenGPT shallow: projector only"),
+        StagePreset("delta", "lora", True, "frozen", False, "R2GenGPT delta: encoder LoRA + projector"),
+        StagePreset("deep", "full", True, "frozen", False, "R2GenGPT deep: whole encoder + projector"),
+    )
+}
+
+
+def get_stage(stage: str | StagePreset) -> StagePreset:
+    """The preset of that name (or the preset itself).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if isinstance(stage, StagePreset):
+        return stage
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    return STAGES[stage]
+
+
+def apply_stage(model: nn.Module, stage: str | StagePreset, train_encoder: str | bool | None = None) -> dict[str, Any]:
+    """Set which parameters of a :class:`~monai_r2gen.networks.RadiologyReportGenerator` train.
+
+    LoRA adapters are attached on first use (settings from the model's config); the embeddings were already resized
+    to the tokenizer at build time, before any peft wrapping.
+
+    Args:
+        model: the generator.
+        stage: preset name or :class:`StagePreset`.
+        train_encoder: override the preset's encoder mode: "frozen" / False, "lora", "full" / True.
+
+    Returns:
+        :func:`trainable_summary` of the model, plus "stage" and "text_only".
+    """
+    preset = get_stage(stage)
+    encoder_mode = preset.encoder
+    if train_encoder is not None:
+        encoder_mode = {True: "full", False: "frozen"}.get(train_encoder, train_encoder)  # type: ignore[arg-type]
+        if encoder_mode not in _MODES:
+            raise ValueError(f"train_encoder must be one of {_MODES} or a bool, got {train_encoder!r}")
+    if encoder_mode == "lora":
+        model.enable_encoder_lora()
+    if preset.llm == "lora":
+        model.enable_llm_lora()
+
+    model.requires_grad_(False)
+    groups = model.component_parameters()
+    for part, mode in (("encoder", encoder_mode), ("llm", preset.llm)):
+        for name, param in groups[part]:
+            is_lora = "lora_" in name
+            param.requires_grad_(mode == "full" or (mode == "lora" and is_lora))
+        if mode == "full":
+            model.trained.add(part)
+    for _, param in groups["projector"]:
+        param.requires_grad_(preset.projector)
+
+    summary = trainable_summary(model)
+    summary.update(stage=preset.name, text_only=preset.text_only)
+    logger.info("stage %s (%s): encoder %s, LLM %s", preset.name, preset.description, encoder_mode, preset.llm)
+    return summary
+
+
+def trainable_summary(model: nn.Module) -> dict[str, Any]:
+    """Trainable and total parameter counts, overall and per component, with one log line.
+
+    Returns:
+        ``{"trainable": int, "total": int, "ratio": float, "components": {part: {"trainable", "total"}}}``; parts
+        are "encoder", "projector" and "llm" for a report generator, top-level children otherwise.
+    """
+    if hasattr(model, "component_parameters"):
+        groups = model.component_parameters()
+    else:
+        groups = {}
+        for name, param in model.named_parameters():
+            groups.setdefault(name.split(".", 1)[0], []).append((name, param))
+    components = {
+        part: {"trainable": sum(p.numel() for _, p in params if p.requires_grad),
+               "total": sum(p.numel() for _, p in params)}
+        for part, params in groups.items()
+    }  # fmt: skip
+    trainable = sum(c["trainable"] for c in components.values())
+    total = sum(c["total"] for c in components.values())
+    summary = {"trainable": trainable, "total": total, "ratio": trainable / total if total else 0.0,
+               "components": components}  # fmt: skip
+    parts = ", ".join(f"{k} {v['trainable']:,}/{v['total']:,}" for k, v in components.items())
+    logger.info("trainable parameters: %s / %s (%.2f%%) [%s]", f"{trainable:,}", f"{total:,}", 100 * summary["ratio"],
+                parts)  # fmt: skip
+    return summary

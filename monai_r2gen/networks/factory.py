@@ -1,0 +1,161 @@
+"""Build a :class:`~monai_r2gen.networks.generator.RadiologyReportGenerator` from one config.
+
+Two kinds of builds share one path:
+
+- real models on disk: ``GeneratorConfig(encoder="hf", encoder_path=".../swin-base", llm_path=".../llama")``; the
+  tokenizer is the LLM's (plus the image token);
+- tiny models built from configs (the embedded default and the test fixtures): a random-init LLM whose vocabulary
+  comes from a byte-level BPE tokenizer trained on the report corpus with
+  :func:`~monai_r2gen.data.tokenizer.train_report_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from monai_r2gen.data.tokenizer import train_report_tokenizer
+from monai_r2gen.errors import ModelConfigError
+from monai_r2gen.networks.generator import (
+    TINY_LLAMA,
+    GeneratorConfig,
+    RadiologyReportGenerator,
+    load_tokenizer,
+)
+
+__all__ = [
+    "EMBEDDED_GENERATION",
+    "GeneratorConfig",
+    "build_generator",
+    "embedded_default_config",
+    "tiny_encoder_options",
+    "tiny_llm_options",
+]
+
+logger = logging.getLogger(__name__)
+
+# Greedy decoding for the embedded default: its tiny BPE vocabulary makes common words single tokens, which a
+# repetition penalty of 2.0 (R2GenGPT's, tuned for Llama-2) would push out of every second sentence.
+EMBEDDED_GENERATION: dict[str, Any] = {
+    "num_beams": 1,
+    "do_sample": False,
+    "repetition_penalty": 1.0,
+    "min_new_tokens": 1,
+    "max_new_tokens": 96,
+    "no_repeat_ngram_size": 0,
+}
+
+
+def tiny_llm_options(
+    model_type: str = "llama",
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    max_positions: int = 512,
+) -> dict[str, Any]:
+    """Config kwargs of a small causal LM of a given family (vocabulary filled in from the tokenizer at build).
+
+    Supported families: llama, mistral, qwen2, phi, gpt2 (others: pass the HF config kwargs yourself).
+    """
+    if model_type == "llama" and (hidden_size, num_layers, num_heads) == (256, 4, 4):
+        return dict(TINY_LLAMA, max_position_embeddings=max_positions)
+    if model_type == "gpt2":
+        return {"model_type": "gpt2", "n_embd": hidden_size, "n_layer": num_layers, "n_head": num_heads,
+                "n_positions": max_positions}  # fmt: skip
+    if model_type not in ("llama", "mistral", "qwen2", "phi"):
+        raise ModelConfigError(f"no tiny preset for {model_type!r}; give llm_options with the HF config kwargs")
+    options: dict[str, Any] = {
+        "model_type": model_type,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "intermediate_size": 4 * hidden_size if model_type == "phi" else (hidden_size * 11 // 4 + 63) // 64 * 64,
+        "max_position_embeddings": max_positions,
+    }
+    if model_type != "phi":
+        options["num_key_value_heads"] = num_heads
+    if model_type in ("mistral", "qwen2"):
+        options["sliding_window"] = None
+    return options
+
+
+def tiny_encoder_options(
+    model_type: str, image_size: int = 64, hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2
+) -> dict[str, Any]:
+    """Config kwargs of a small Hugging Face vision model (swin, vit, clip_vision_model, siglip_vision_model, dinov2).
+
+    Patch size 8 (Swin: patch 4, two stages, window 4), so a 64 px image gives an 8x8 grid.
+    """
+    if model_type == "swin":
+        return {"model_type": "swin", "image_size": image_size, "patch_size": 4, "embed_dim": hidden_size // 2,
+                "depths": [num_layers, num_layers], "num_heads": [num_heads, num_heads], "window_size": 4}  # fmt: skip
+    options: dict[str, Any] = {
+        "model_type": model_type,
+        "image_size": image_size,
+        "patch_size": 8,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+    }
+    if model_type == "dinov2":
+        options["mlp_ratio"] = 2
+    elif model_type in ("vit", "clip_vision_model", "siglip_vision_model"):
+        options["intermediate_size"] = 2 * hidden_size
+    else:
+        raise ModelConfigError(f"no tiny preset for vision model {model_type!r}")
+    return options
+
+
+def embedded_default_config(**overrides: Any) -> GeneratorConfig:
+    """The embedded default: small CNN at 128 px (64 tokens of 256), mean view fusion, attention resampler with
+    K = 16 prompts, random-init Llama 4 x 256, greedy decoding (:data:`EMBEDDED_GENERATION`).
+
+    Args:
+        **overrides: any :class:`GeneratorConfig` field.
+    """
+    settings: dict[str, Any] = {"generation": dict(EMBEDDED_GENERATION)}
+    settings.update(overrides)
+    return GeneratorConfig.from_dict(settings)
+
+
+def build_generator(
+    config: GeneratorConfig | dict[str, Any] | str | os.PathLike | None = None,
+    *,
+    corpus: Iterable[str] | None = None,
+    tokenizer: Any = None,
+) -> RadiologyReportGenerator:
+    """Build a report generator from one config.
+
+    The tokenizer is, in order: the one given; the one at ``config.tokenizer_path`` or ``config.llm_path``; or a
+    byte-level BPE of ``config.tokenizer_vocab_size`` tokens trained on ``corpus`` (models built from scratch).
+
+    Args:
+        config: a :class:`GeneratorConfig`, a dict of its fields, a JSON file written by ``GeneratorConfig.save``,
+            or None for the embedded default (:func:`embedded_default_config`).
+        corpus: report texts to train a tokenizer on.
+        tokenizer: a ready tokenizer.
+
+    Raises:
+        ModelConfigError: invalid config, or no way to get a tokenizer.
+    """
+    if config is None:
+        config = embedded_default_config()
+    elif isinstance(config, (str, os.PathLike)):
+        config = GeneratorConfig.load(Path(config))
+    elif isinstance(config, dict):
+        config = GeneratorConfig.from_dict(config)
+    if tokenizer is None:
+        source = config.tokenizer_path or config.llm_path
+        if source is not None:
+            tokenizer = load_tokenizer(source, config.trust_remote_code)
+        elif corpus is not None:
+            tokenizer = train_report_tokenizer(
+                corpus, vocab_size=config.tokenizer_vocab_size, prompt_template=config.prompt_template
+            )
+        else:
+            raise ModelConfigError("the LLM is built from a config, so it needs a tokenizer: pass corpus=<report "
+                                   "texts> to train one, tokenizer=, or set tokenizer_path")  # fmt: skip
+    return RadiologyReportGenerator.from_config(config, tokenizer)

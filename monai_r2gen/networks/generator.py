@@ -1,0 +1,1084 @@
+"""RadiologyReportGenerator: vision encoder -> view fusion -> projector -> soft visual prompts -> causal LLM.
+
+The prompt holds one image placeholder token per visual prompt vector (``K`` of them); the projected vectors are
+written over those positions of the LLM's input embeddings with ``masked_scatter`` (the pattern of transformers'
+LLaVA), so batching, left padding and the KV cache work as for text. The loss is the LLM's loss on the report
+tokens only (the labels built by :class:`~monai_r2gen.data.reports.TokenizeReportd` are -100 elsewhere).
+
+A model directory written by :meth:`RadiologyReportGenerator.save_pretrained` holds only what a user cannot get
+elsewhere:
+
+- ``generator.json``: the :class:`GeneratorConfig`, the base encoder and LLM it expects (path and fingerprint) and
+  what the directory holds;
+- ``tokenizer/``: the tokenizer (with its image token);
+- ``modules.safetensors``: view fusion and projector, plus the encoder when it is not a Hugging Face model and was
+  trained or built from scratch;
+- ``encoder/`` and ``llm/``: full Hugging Face model directories, written only when the base was built from a config
+  (random init, e.g. the embedded tiny default) or was trained in full (stage 0 trains the whole LLM);
+- ``encoder_lora/`` and ``llm_lora/``: LoRA adapters in peft's own format (``PeftModel.from_pretrained`` loads them).
+
+A directory without ``llm/`` needs its base LLM: :meth:`RadiologyReportGenerator.from_pretrained` looks at the
+recorded path (or the one given) and refuses a base whose fingerprint differs with
+:class:`~monai_r2gen.errors.CheckpointMismatchError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from monai_r2gen.data.reports import DEFAULT_PROMPT, IGNORE_INDEX, IMAGE_TOKEN, encode_prompt
+from monai_r2gen.data.tokenizer import add_image_token
+from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError
+from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
+from monai_r2gen.networks.projectors import FUSION_MODES, PROJECTOR_KINDS, ViewFusion, build_projector
+
+__all__ = [
+    "DEFAULT_GENERATION",
+    "TINY_LLAMA",
+    "GeneratorConfig",
+    "RadiologyReportGenerator",
+    "default_lora_targets",
+    "fingerprint",
+    "load_causal_lm",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "generator.json"
+MODULES_NAME = "modules.safetensors"
+
+# R2GenGPT decodes with beam 3 and repetition penalty 2.0 (its length penalty 2.0 and 80..120 new tokens are
+# tuned for MIMIC-CXR findings and stay settings).
+DEFAULT_GENERATION: dict[str, Any] = {
+    "num_beams": 3,
+    "do_sample": False,
+    "repetition_penalty": 2.0,
+    "length_penalty": 1.0,
+    "min_new_tokens": 1,
+    "max_new_tokens": 120,
+    "no_repeat_ngram_size": 0,
+}
+
+# The embedded default's language model: a Llama of 4 layers x 256 (a few MB), vocabulary from the tokenizer.
+TINY_LLAMA: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 704,
+    "max_position_embeddings": 512,
+}
+
+# LoRA targets per LLM family (the attention query / value projections, as in R2GenGPT and the LoRA paper).
+_LLM_LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "mixtral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "qwen3": ("q_proj", "v_proj"),
+    "gemma": ("q_proj", "v_proj"),
+    "gemma2": ("q_proj", "v_proj"),
+    "phi": ("q_proj", "v_proj"),
+    "phi3": ("qkv_proj",),
+    "gpt2": ("c_attn",),
+    "gpt_neox": ("query_key_value",),
+    "falcon": ("query_key_value",),
+    "mpt": ("Wqkv",),
+}
+# Fallback when the family is unknown (e.g. remote code): the first set whose names all exist.
+_LORA_FALLBACK = (("q_proj", "v_proj"), ("c_attn",), ("qkv_proj",), ("query_key_value",), ("Wqkv",), ("query", "value"))
+
+
+def _parse_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+    if name not in table:
+        raise ModelConfigError(f"unknown dtype {name!r} (auto, float32, bfloat16, float16)")
+    return table[name]
+
+
+@dataclass
+class GeneratorConfig:
+    """Everything needed to build a :class:`RadiologyReportGenerator`; saved as JSON beside the weights.
+
+    The defaults are the embedded default: a small CNN at 128 px (8x8 tokens), mean view fusion, an attention
+    resampler giving 16 soft prompts and a random-init Llama of 4 layers x 256 whose vocabulary comes from a BPE
+    tokenizer trained on the report corpus.
+
+    Attributes:
+        encoder: encoder kind (:data:`~monai_r2gen.networks.encoders.ENCODER_KINDS`).
+        encoder_path: "hf": local model directory; MONAI kinds: optional weights file. None builds from
+            ``encoder_options`` (random init).
+        encoder_options: "hf" without a path: HF config (``{"model_type": "swin", ...}``); other kinds: constructor
+            arguments.
+        encoder_feature: "tokens" or "pooled" (R2GenGPT ``global_only``).
+        image_size: encoder input size (None: the HF model config's).
+        image_mean: normalisation mean (None: the image processor's / family default; small CNN 0.5).
+        image_std: normalisation std.
+        normalize_images: normalise inside the encoder (False when the data pipeline already did).
+        max_views: most views per study.
+        view_fusion: "mean" or "concat".
+        projector: "linear", "mlp" or "resampler".
+        num_queries: resampler prompts ``K``.
+        resampler_dim: resampler width (None: min(LLM hidden, 512)).
+        resampler_heads: resampler attention heads.
+        resampler_layers: resampler layers.
+        llm_path: local Hugging Face causal LM directory; None builds from ``llm_options`` (random init).
+        llm_options: HF config of a model built from scratch (``{"model_type": "llama", ...}``); the vocabulary size
+            and special token ids come from the tokenizer.
+        tokenizer_path: tokenizer directory (None: ``llm_path``; a model built from scratch needs a trained one).
+        tokenizer_vocab_size: vocabulary of a tokenizer trained by :func:`~monai_r2gen.networks.factory.
+            build_generator`.
+        image_token: the tokenizer's image token.
+        prompt_template: prompt with the image placeholder.
+        max_length: longest training sequence (prompt + report + EOS), used by the data pipeline.
+        llm_lora_r: LoRA rank on the LLM.
+        llm_lora_alpha: LoRA alpha on the LLM.
+        llm_lora_dropout: LoRA dropout on the LLM.
+        llm_lora_target_modules: LoRA targets (None: per-family default, e.g. q_proj/v_proj, GPT-2 c_attn).
+        encoder_lora_r: LoRA rank on the encoder (R2GenGPT "delta").
+        encoder_lora_alpha: LoRA alpha on the encoder.
+        encoder_lora_dropout: LoRA dropout on the encoder.
+        encoder_lora_target_modules: encoder LoRA targets (None: attention query/value).
+        gradient_checkpointing: activation checkpointing in the LLM and a Hugging Face encoder.
+        dtype: "auto" (bfloat16 with CUDA, else float32), "float32", "bfloat16" or "float16" for the encoder and
+            LLM; view fusion and projector stay float32.
+        trust_remote_code: allow code shipped in model directories (off by default).
+        seed: seed of every random initialisation (encoder, projector, LLM built from scratch).
+        generation: default ``generate`` settings (beam size, penalties, token limits), overridable per call.
+    """
+
+    encoder: str = "small_cnn"
+    encoder_path: str | None = None
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    encoder_feature: str = "tokens"
+    image_size: int | None = 128
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    normalize_images: bool = True
+    max_views: int = 2
+    view_fusion: str = "mean"
+    projector: str = "resampler"
+    num_queries: int = 16
+    resampler_dim: int | None = None
+    resampler_heads: int = 4
+    resampler_layers: int = 1
+    llm_path: str | None = None
+    llm_options: dict[str, Any] = field(default_factory=lambda: dict(TINY_LLAMA))
+    tokenizer_path: str | None = None
+    tokenizer_vocab_size: int = 1000
+    image_token: str = IMAGE_TOKEN
+    prompt_template: str = DEFAULT_PROMPT
+    max_length: int = 128
+    llm_lora_r: int = 16
+    llm_lora_alpha: int = 16
+    llm_lora_dropout: float = 0.05
+    llm_lora_target_modules: list[str] | None = None
+    encoder_lora_r: int = 16
+    encoder_lora_alpha: int = 16
+    encoder_lora_dropout: float = 0.1
+    encoder_lora_target_modules: list[str] | None = None
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    seed: int = 0
+    generation: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_GENERATION))
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.encoder in ENCODER_KINDS, f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}"),
+            (self.encoder_feature in ("tokens", "pooled"), "encoder_feature must be 'tokens' or 'pooled'"),
+            (self.view_fusion in FUSION_MODES, f"view_fusion must be one of {FUSION_MODES}"),
+            (self.projector in PROJECTOR_KINDS, f"projector must be one of {PROJECTOR_KINDS}"),
+            (self.max_views >= 1 and self.num_queries >= 1, "max_views and num_queries must be >= 1"),
+            (self.llm_path is not None or bool(self.llm_options.get("model_type")),
+             "give llm_path or llm_options with a model_type"),
+            ((self.image_mean is None) == (self.image_std is None), "image_mean and image_std go together"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ModelConfigError(message)
+        _parse_dtype(self.dtype)
+        unknown = set(self.generation) - _GENERATE_KEYS
+        if unknown:
+            raise ModelConfigError(f"unknown generation settings {sorted(unknown)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
+        """Build from a dict (e.g. parsed JSON / YAML); unknown keys are an error.
+
+        Raises:
+            ModelConfigError: unknown keys or invalid values.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ModelConfigError(f"unknown generator settings {sorted(unknown)}")
+        return cls(**copy.deepcopy(dict(data)))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> GeneratorConfig:
+        """Read a config written by :meth:`save`.
+
+        Raises:
+            ModelConfigError: unreadable file or invalid content.
+        """
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelConfigError(f"{path}: cannot read a generator config ({exc})") from exc
+        return cls.from_dict(data)
+
+
+_GENERATE_KEYS = {
+    "num_beams", "do_sample", "repetition_penalty", "length_penalty", "min_new_tokens", "max_new_tokens",
+    "no_repeat_ngram_size", "early_stopping", "temperature", "top_k", "top_p", "num_return_sequences",
+    "bad_words_ids", "suppress_tokens", "diversity_penalty", "num_beam_groups",
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fingerprints of base models
+# ----------------------------------------------------------------------------------------------------------------
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype")
+_HEAD_BYTES = 4 << 20
+
+
+def _hash_file_head(digest: Any, path: Path) -> None:
+    digest.update(str(path.stat().st_size).encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(_HEAD_BYTES))
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """A cheap identity of a base model: sha256 of its config and of its weight files' sizes and first 4 MiB.
+
+    For a directory: ``config.json`` (without volatile keys such as ``transformers_version``) and every weight file
+    (name, size, first 4 MiB). For a single weights file: its size and first 4 MiB.
+
+    Raises:
+        ModelConfigError: the path does not exist.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        _hash_file_head(digest, path)
+    elif path.is_dir():
+        cfg = path / "config.json"
+        if cfg.is_file():
+            try:
+                data = json.loads(cfg.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ModelConfigError(f"{cfg}: unreadable model config ({exc})") from exc
+            for key in _VOLATILE_CONFIG_KEYS:
+                data.pop(key, None)
+            digest.update(json.dumps(data, sort_keys=True).encode())
+        for weight in sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file()):
+            digest.update(weight.name.encode())
+            _hash_file_head(digest, weight)
+    else:
+        raise ModelConfigError(f"{path}: base model not found")
+    return "sha256:" + digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# language model helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_causal_lm(
+    path: str | os.PathLike | None = None,
+    options: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Load an ``AutoModelForCausalLM`` from a local directory, or build one (random init) from a config.
+
+    Args:
+        path: local model directory (``local_files_only=True``).
+        options: ``{"model_type": ..., **config kwargs}`` when ``path`` is None.
+        tokenizer: when building from a config, gives the vocabulary size and the BOS / EOS / pad ids.
+        trust_remote_code: allow code shipped in the directory.
+        dtype: parameter dtype.
+
+    Raises:
+        ModelConfigError: missing directory, unknown model type or unloadable model.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if path is not None:
+        if not Path(path).is_dir():
+            raise ModelConfigError(f"{path}: LLM directory not found")
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                os.fspath(path), local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelConfigError(f"{path}: cannot load a causal LM ({exc})") from exc
+    kwargs = dict(options or {})
+    model_type = kwargs.pop("model_type", None)
+    if not model_type:
+        raise ModelConfigError("an LLM built from a config needs a 'model_type' (e.g. 'llama', 'gpt2')")
+    if tokenizer is not None:
+        kwargs.setdefault("vocab_size", len(tokenizer))
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            kwargs.setdefault(name, getattr(tokenizer, name, None))
+    try:
+        hf_config = AutoConfig.for_model(model_type, **kwargs)
+        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelConfigError(f"cannot build a {model_type!r} causal LM: {exc}") from exc
+    return model.to(dtype) if dtype is not None else model
+
+
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """LoRA target module names for a causal LM: its family's attention projections (query / value).
+
+    Raises:
+        ModelConfigError: no known projection names in the model (give the targets explicitly).
+    """
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    candidates = ([_LLM_LORA_TARGETS[model_type]] if model_type in _LLM_LORA_TARGETS else []) + list(_LORA_FALLBACK)
+    for candidate in candidates:
+        if all(c in names for c in candidate):
+            return list(candidate)
+    raise ModelConfigError(f"no default LoRA targets for a {model_type or type(model).__name__!r} model; "
+                           "set llm_lora_target_modules")  # fmt: skip
+
+
+def _resize_embeddings(llm: nn.Module, size: int) -> None:
+    """Grow the token embeddings (and an untied LM head) to ``size`` rows; new rows = the mean of the old ones.
+
+    Deterministic, so a checkpoint that stores only deltas reloads to the same model.
+    """
+    old = llm.get_input_embeddings().weight.shape[0]
+    if size <= old:
+        return
+    llm.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        emb = llm.get_input_embeddings().weight
+        emb[old:] = emb[:old].mean(dim=0, keepdim=True)
+        head = llm.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != emb.data_ptr():
+            head.weight[old:] = head.weight[:old].mean(dim=0, keepdim=True)
+            if getattr(head, "bias", None) is not None:
+                head.bias[old:] = head.bias[:old].mean()
+    logger.info("resized the LLM token embeddings from %d to %d", old, size)
+
+
+def _is_peft(module: nn.Module) -> bool:
+    return hasattr(module, "peft_config") and hasattr(module, "get_base_model")
+
+
+def _clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of a module with peft LoRA layers removed (``base_layer`` weights under their original names)."""
+    state = {}
+    for key, value in module.state_dict().items():
+        if "lora_" in key:
+            continue
+        state[key.replace(".base_layer.", ".")] = value
+    return state
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
+
+
+class RadiologyReportGenerator(nn.Module):
+    """Vision encoder -> view fusion -> projector -> ``K`` soft visual prompts -> causal LLM.
+
+    Build it with :func:`~monai_r2gen.networks.factory.build_generator` (or :meth:`from_config` with a tokenizer) and
+    reload it with :meth:`from_pretrained`. Freeze policies live in :mod:`monai_r2gen.engines.stages`.
+
+    Args:
+        config: the settings the parts were built from.
+        encoder: vision encoder adapter.
+        fusion: view fusion.
+        projector: projector to the LLM width.
+        llm: Hugging Face causal LM (or a peft model wrapping one).
+        tokenizer: its tokenizer (gets the image token if missing).
+        bases: provenance of the encoder and LLM (``{"encoder": {"source", "path", "fingerprint"}, "llm": ...}``).
+    """
+
+    def __init__(
+        self,
+        config: GeneratorConfig,
+        encoder: VisionEncoder,
+        fusion: ViewFusion,
+        projector: nn.Module,
+        llm: nn.Module,
+        tokenizer: Any,
+        bases: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.fusion = fusion
+        self.projector = projector
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.image_token_id = add_image_token(tokenizer, config.image_token)
+        vocab = self.llm.get_input_embeddings().weight.shape[0]
+        if vocab < len(tokenizer):
+            raise ModelConfigError(f"the LLM has {vocab} token embeddings for a tokenizer of {len(tokenizer)} tokens")
+        self._num_image_tokens = int(projector.num_outputs(fusion.output_tokens(encoder.num_tokens)))
+        self.bases = bases or {}
+        self.trained: set[str] = set()  # components whose full weights were trained ("encoder", "llm")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # construction
+    # ------------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: GeneratorConfig | dict[str, Any], tokenizer: Any = None) -> RadiologyReportGenerator:
+        """Build every part from ``config``.
+
+        Args:
+            config: settings.
+            tokenizer: the tokenizer; None loads it from ``config.tokenizer_path`` or ``config.llm_path``.
+
+        Raises:
+            ModelConfigError: inconsistent settings, missing local files, or no tokenizer for a model built from
+                scratch.
+        """
+        config = GeneratorConfig.from_dict(config) if isinstance(config, dict) else copy.deepcopy(config)
+        if tokenizer is None:
+            source = config.tokenizer_path or config.llm_path
+            if source is None:
+                raise ModelConfigError("an LLM built from a config needs a tokenizer: give tokenizer_path, or build "
+                                       "with build_generator(config, corpus=reports) to train one")  # fmt: skip
+            tokenizer = load_tokenizer(source, config.trust_remote_code)
+        add_image_token(tokenizer, config.image_token)
+        dtype = _parse_dtype(config.dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            encoder = _build_encoder(config, config.encoder_path, dtype)
+            llm = load_causal_lm(config.llm_path, config.llm_options, tokenizer, config.trust_remote_code, dtype)
+            _resize_embeddings(llm, len(tokenizer))
+            fusion, projector = _build_head(config, encoder, llm)
+        # record what the model directories said, so the saved config is explicit
+        if config.image_mean is None and encoder.normalization is not None:
+            config.image_mean, config.image_std = encoder.normalization
+        if config.image_size is None and encoder.image_size is not None and len(set(encoder.image_size)) == 1:
+            config.image_size = int(encoder.image_size[0])
+        bases = {
+            "encoder": _base_record(config.encoder_path),
+            "llm": _base_record(config.llm_path),
+        }
+        model = cls(config, encoder, fusion, projector, llm, tokenizer, bases)
+        if config.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        logger.info(
+            "built a report generator: %s encoder (%d tokens/view), %s fusion, %s projector -> K=%d prompts, LLM %s",
+            config.encoder, encoder.num_tokens, config.view_fusion, config.projector, model.num_image_tokens,
+            getattr(model.llm_config, "model_type", "?"),
+        )  # fmt: skip
+        return model
+
+    # ------------------------------------------------------------------------------------------------------------
+    # properties
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def num_image_tokens(self) -> int:
+        """``K``: soft visual prompts per study, i.e. image token positions in every prompt."""
+        return self._num_image_tokens
+
+    @property
+    def base_llm(self) -> nn.Module:
+        """The Hugging Face causal LM (inside the peft wrapper when LoRA is on)."""
+        return self.llm.get_base_model() if _is_peft(self.llm) else self.llm
+
+    @property
+    def llm_config(self) -> Any:
+        """The LLM's Hugging Face config."""
+        return self.base_llm.config
+
+    @property
+    def encoder_backbone_name(self) -> str:
+        """Attribute of the encoder adapter that holds its backbone (the module LoRA wraps)."""
+        for name in ("model", "net", "features"):
+            if isinstance(getattr(self.encoder, name, None), nn.Module):
+                return name
+        raise ModelConfigError(f"{type(self.encoder).__name__} has no backbone module")
+
+    @property
+    def has_llm_lora(self) -> bool:
+        """Whether LoRA adapters are attached to the LLM."""
+        return _is_peft(self.llm)
+
+    @property
+    def has_encoder_lora(self) -> bool:
+        """Whether LoRA adapters are attached to the encoder."""
+        return _is_peft(getattr(self.encoder, self.encoder_backbone_name))
+
+    def component_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Named parameters grouped by component: "encoder", "projector" (with view fusion), "llm"."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"encoder": [], "projector": [], "llm": []}
+        for name, param in self.named_parameters():
+            part = name.split(".", 1)[0]
+            groups["projector" if part in ("fusion", "projector") else part].append((name, param))
+        return groups
+
+    # ------------------------------------------------------------------------------------------------------------
+    # parameter-efficient tuning and memory
+    # ------------------------------------------------------------------------------------------------------------
+
+    def enable_llm_lora(
+        self,
+        r: int | None = None,
+        alpha: int | None = None,
+        dropout: float | None = None,
+        target_modules: Sequence[str] | str | None = None,
+    ) -> None:
+        """Wrap the LLM with LoRA adapters (peft); a no-op when already wrapped.
+
+        peft freezes every base weight (embeddings and LM head included). Settings default to the config's.
+        """
+        if self.has_llm_lora:
+            return
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        cfg = self.config
+        targets = target_modules or cfg.llm_lora_target_modules or default_lora_targets(self.llm)
+        lora = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=r or cfg.llm_lora_r,
+            lora_alpha=alpha or cfg.llm_lora_alpha,
+            lora_dropout=cfg.llm_lora_dropout if dropout is None else dropout,
+            target_modules=targets if isinstance(targets, str) else list(targets),
+            bias="none",
+        )
+        self.llm = get_peft_model(self.llm, lora)
+        logger.info("LoRA on the LLM: r=%d alpha=%d targets=%s", lora.r, lora.lora_alpha, sorted(lora.target_modules))
+
+    def enable_encoder_lora(
+        self,
+        r: int | None = None,
+        alpha: int | None = None,
+        dropout: float | None = None,
+        target_modules: Sequence[str] | None = None,
+    ) -> None:
+        """Wrap the encoder backbone with LoRA adapters (R2GenGPT "delta"); a no-op when already wrapped."""
+        if self.has_encoder_lora:
+            return
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.config
+        attr = self.encoder_backbone_name
+        backbone = getattr(self.encoder, attr)
+        targets = list(target_modules or cfg.encoder_lora_target_modules or self.encoder.lora_target_modules())
+        if attr == "features":  # names relative to the wrapped module
+            targets = [t.removeprefix("features.") for t in targets]
+        lora = LoraConfig(
+            r=r or cfg.encoder_lora_r,
+            lora_alpha=alpha or cfg.encoder_lora_alpha,
+            lora_dropout=cfg.encoder_lora_dropout if dropout is None else dropout,
+            target_modules=targets,
+            bias="none",
+        )
+        setattr(self.encoder, attr, get_peft_model(backbone, lora))
+        logger.info("LoRA on the encoder: r=%d alpha=%d targets=%s", lora.r, lora.lora_alpha, targets)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Activation checkpointing in the LLM (and a Hugging Face encoder), non-reentrant."""
+        base = self.base_llm
+        if getattr(base, "supports_gradient_checkpointing", False):
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.config.use_cache = False
+        else:
+            logger.warning("%s does not support gradient checkpointing", type(base).__name__)
+        self.encoder.enable_gradient_checkpointing()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # forward
+    # ------------------------------------------------------------------------------------------------------------
+
+    def encode_images(
+        self,
+        images: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
+        visual_tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft visual prompts of a batch of studies.
+
+        Args:
+            images: ``(B, V, C, H, W)`` (``(B, C, H, W)`` for one view).
+            view_mask: ``(B, V)`` bool, True for real views.
+            visual_tokens: precomputed encoder output ``(B, V, N, D)`` (frozen-encoder feature cache) instead of
+                ``images``.
+
+        Returns:
+            ``(prompts, prompt_mask)``: ``(B, K, H)`` float32 and ``(B, K)`` bool.
+        """
+        if visual_tokens is None:
+            if images is None:
+                raise ValueError("give images or visual_tokens")
+            if any(p.requires_grad for p in self.encoder.parameters()):
+                visual_tokens = self.encoder(images, view_mask)
+            else:  # frozen encoder: no activations kept for backward
+                with torch.no_grad():
+                    visual_tokens = self.encoder(images, view_mask)
+        fused, token_mask = self.fusion(visual_tokens.float(), view_mask)
+        return self.projector(fused, token_mask)
+
+    def prepare_inputs_embeds(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
+        visual_tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLM input embeddings with the visual prompts written over the image token positions.
+
+        Without images (text-only, stage 0) the image positions are hidden from attention instead.
+
+        Returns:
+            ``(inputs_embeds, attention_mask)``.
+
+        Raises:
+            ModelConfigError: a prompt whose number of image tokens differs from ``K``.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        image_positions = input_ids == self.image_token_id
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if images is None and visual_tokens is None:
+            return embeds, attention_mask.masked_fill(image_positions, 0)
+        prompts, prompt_mask = self.encode_images(images, view_mask, visual_tokens)
+        counts = image_positions.sum(dim=1)
+        if prompts.shape[0] != input_ids.shape[0] or bool((counts != prompts.shape[1]).any()):
+            raise ModelConfigError(
+                f"the prompts hold {counts.tolist()} image tokens per study but the projector gives "
+                f"{prompts.shape[1]} prompts for each of {prompts.shape[0]} studies; tokenize with "
+                f"num_image_tokens={self.num_image_tokens}"
+            )
+        embeds = embeds.masked_scatter(image_positions.unsqueeze(-1), prompts.to(embeds.dtype))
+        if not bool(prompt_mask.all()):  # prompts of padded views (concat fusion, token-wise projector)
+            attention_mask = attention_mask.clone()
+            attention_mask[image_positions] = attention_mask[image_positions] * prompt_mask.reshape(-1).to(
+                attention_mask.dtype
+            )
+        return embeds, attention_mask
+
+    def forward(
+        self,
+        images: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
+        visual_tokens: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the LLM on prompt + report with the visual prompts spliced in.
+
+        Args:
+            images: ``(B, V, C, H, W)`` views; None for text-only training (stage 0).
+            input_ids: ``(B, L)`` ids from :class:`~monai_r2gen.data.reports.TokenizeReportd` (K image tokens each).
+            attention_mask: ``(B, L)``.
+            labels: ``(B, L)``, -100 on prompt, image and padding positions.
+            view_mask: ``(B, V)`` bool.
+            visual_tokens: precomputed encoder tokens instead of ``images``.
+            **kwargs: passed to the LLM.
+
+        Returns:
+            The LLM's ``CausalLMOutputWithPast`` (``.loss`` when labels are given, ``.logits``).
+        """
+        if input_ids is None:
+            raise ValueError("input_ids are required")
+        if labels is not None and bool((labels[input_ids == self.image_token_id] != IGNORE_INDEX).any()):
+            raise ValueError("labels must be -100 on image token positions")
+        embeds, attention_mask = self.prepare_inputs_embeds(input_ids, attention_mask, images, view_mask, visual_tokens)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        return self.llm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            return_dict=True,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # generation
+    # ------------------------------------------------------------------------------------------------------------
+
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and attention mask for prompt templates (each with the image placeholder)."""
+        rows = [encode_prompt(self.tokenizer, self.num_image_tokens, p, self.config.image_token) for p in prompts]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        return ids, mask
+
+    def generation_settings(self, **overrides: Any) -> dict[str, Any]:
+        """The ``generate`` keyword arguments: config defaults, then ``overrides``, plus the special token ids."""
+        settings = {**self.config.generation, **overrides}
+        tok = self.tokenizer
+        settings.setdefault("eos_token_id", tok.eos_token_id)
+        settings.setdefault("pad_token_id", tok.pad_token_id)
+        if tok.bos_token_id is not None:
+            settings.setdefault("bos_token_id", tok.bos_token_id)
+        settings.setdefault("suppress_tokens", [self.image_token_id])
+        if int(settings.get("num_beams", 1)) == 1:
+            settings.pop("length_penalty", None)
+            settings.pop("early_stopping", None)
+        return settings
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: torch.Tensor | None,
+        view_mask: torch.Tensor | None = None,
+        prompt: str | Sequence[str] | None = None,
+        *,
+        prompt_ids: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        visual_tokens: torch.Tensor | None = None,
+        **generation_kwargs: Any,
+    ) -> list[str]:
+        """Write one report per study.
+
+        Args:
+            images: ``(B, V, C, H, W)`` views (None with ``visual_tokens``, or for text-only generation).
+            view_mask: ``(B, V)`` bool.
+            prompt: template (or one per study) with the image placeholder; default ``config.prompt_template``.
+            prompt_ids: already tokenized, left-padded prompts (e.g. ``prompt_ids`` of the collate) instead of
+                ``prompt``.
+            prompt_attention_mask: their attention mask.
+            visual_tokens: precomputed encoder tokens instead of ``images``.
+            **generation_kwargs: Hugging Face ``generate`` settings over ``config.generation`` (``num_beams``,
+                ``repetition_penalty``, ``length_penalty``, ``min_new_tokens``, ``max_new_tokens``,
+                ``no_repeat_ngram_size``, ``do_sample`` ...).
+
+        Returns:
+            The decoded reports (special tokens removed, stripped), stopping at EOS.
+        """
+        source = images if images is not None else visual_tokens
+        device = self.llm.get_input_embeddings().weight.device
+        if prompt_ids is None:
+            if isinstance(prompt, str) or prompt is None:
+                if source is None:
+                    batch = 1
+                else:
+                    batch = source.shape[0]
+                prompts = [prompt or self.config.prompt_template] * batch
+            else:
+                prompts = list(prompt)
+            prompt_ids, prompt_attention_mask = self.encode_prompts(prompts)
+        prompt_ids = prompt_ids.to(device)
+        if prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones_like(prompt_ids)
+        prompt_attention_mask = prompt_attention_mask.to(device)
+        was_training = self.training
+        self.eval()
+        try:
+            embeds, attention_mask = self.prepare_inputs_embeds(
+                prompt_ids, prompt_attention_mask, images, view_mask, visual_tokens
+            )
+            out = self.llm.generate(
+                inputs_embeds=embeds, attention_mask=attention_mask, **self.generation_settings(**generation_kwargs)
+            )
+        finally:
+            self.train(was_training)
+        return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # saving and loading
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _encoder_trained_in_full(self) -> bool:
+        if "encoder" in self.trained or self.bases.get("encoder", {}).get("source") != "path":
+            return True
+        return any(p.requires_grad for n, p in self.encoder.named_parameters() if "lora_" not in n)
+
+    def _llm_trained_in_full(self) -> bool:
+        if "llm" in self.trained or self.bases.get("llm", {}).get("source") != "path":
+            return True
+        return any(p.requires_grad for n, p in self.llm.named_parameters() if "lora_" not in n)
+
+    def save_pretrained(self, save_dir: str | os.PathLike, merge_lora: bool = False) -> None:
+        """Write what was trained (see the module docstring for the layout).
+
+        A base counts as trained in full when a stage trained it (``self.trained``), when any of its base weights
+        still requires grad, or when it was built from a config (random init); then its full weights are written.
+        Otherwise only its LoRA adapter (if any) is written and the base is referenced by path and fingerprint.
+
+        Args:
+            save_dir: output directory (created).
+            merge_lora: merge LoRA adapters into full weights (``llm/`` and ``encoder/`` become standalone models).
+        """
+        out = Path(save_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        contents: dict[str, Any] = {"encoder": "base", "llm": "base", "encoder_lora": False, "llm_lora": False}
+        modules: dict[str, torch.Tensor] = {}
+        modules.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
+        modules.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
+
+        # encoder
+        attr = self.encoder_backbone_name
+        backbone = getattr(self.encoder, attr)
+        enc_lora = _is_peft(backbone)
+        full_encoder = self._encoder_trained_in_full() or (enc_lora and merge_lora)
+        with _merged(backbone, enc_lora and merge_lora):
+            if full_encoder and isinstance(self.encoder, HFVisionEncoder):
+                base = backbone.get_base_model() if enc_lora else backbone
+                base.save_pretrained(out / "encoder", state_dict=_clean_state_dict(base))
+                contents["encoder"] = "hf_dir"
+            elif full_encoder:
+                clean = _clean_state_dict(backbone.get_base_model() if enc_lora else backbone)
+                modules.update({f"encoder.{attr}.{k}": v for k, v in clean.items()})
+                contents["encoder"] = "modules"
+        if enc_lora and not merge_lora:
+            backbone.save_pretrained(str(out / "encoder_lora"), save_embedding_layers=False)
+            contents["encoder_lora"] = True
+
+        # language model
+        llm_lora = self.has_llm_lora
+        with _merged(self.llm, llm_lora and merge_lora):
+            if self._llm_trained_in_full() or (llm_lora and merge_lora):
+                base = self.base_llm
+                base.save_pretrained(out / "llm", state_dict=_clean_state_dict(base))
+                self.tokenizer.save_pretrained(out / "llm")
+                contents["llm"] = "hf_dir"
+        if llm_lora and not merge_lora:
+            self.llm.save_pretrained(str(out / "llm_lora"), save_embedding_layers=False)
+            contents["llm_lora"] = True
+
+        _save_safetensors(modules, out / MODULES_NAME)
+        self.tokenizer.save_pretrained(out / "tokenizer")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "bases": self.bases,
+            "contents": contents,
+            "trained": sorted(self.trained),
+            "num_image_tokens": self.num_image_tokens,
+            "vocab_size": len(self.tokenizer),
+        }
+        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        logger.info("saved the report generator to %s (%s)", out, contents)
+
+    def merge_and_save(self, save_dir: str | os.PathLike) -> None:
+        """Save with LoRA merged: ``save_dir/llm`` is a standalone Hugging Face model directory (with tokenizer)."""
+        self.save_pretrained(save_dir, merge_lora=True)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | os.PathLike,
+        encoder_path: str | os.PathLike | None = None,
+        llm_path: str | os.PathLike | None = None,
+        trust_remote_code: bool | None = None,
+        dtype: str | None = None,
+    ) -> RadiologyReportGenerator:
+        """Load a model directory written by :meth:`save_pretrained`.
+
+        Args:
+            model_dir: the directory.
+            encoder_path: base encoder when the directory holds only deltas (default: the recorded path).
+            llm_path: base LLM when the directory holds only deltas (default: the recorded path).
+            trust_remote_code: override the saved setting.
+            dtype: override the saved dtype setting.
+
+        Raises:
+            ModelConfigError: not a model directory, or a base that cannot be found.
+            CheckpointMismatchError: a base whose fingerprint differs from the one the model was trained on.
+        """
+        root = Path(model_dir)
+        meta_path = root / CONFIG_NAME
+        if not meta_path.is_file():
+            raise ModelConfigError(f"{root}: not a report generator directory (no {CONFIG_NAME})")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelConfigError(f"{meta_path}: unreadable ({exc})") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ModelConfigError(f"{meta_path}: unsupported format version {meta.get('format_version')!r}")
+        config = GeneratorConfig.from_dict(meta["config"])
+        if trust_remote_code is not None:
+            config.trust_remote_code = trust_remote_code
+        if dtype is not None:
+            config.dtype = dtype
+        contents, bases = meta["contents"], meta.get("bases", {})
+        tokenizer = load_tokenizer(root / "tokenizer", config.trust_remote_code)
+        torch_dtype = _parse_dtype(config.dtype)
+
+        # encoder
+        if contents["encoder"] == "hf_dir":
+            encoder = build_encoder(
+                "hf", root / "encoder", image_size=config.image_size, feature=config.encoder_feature,
+                mean=config.image_mean, std=config.image_std, normalize=config.normalize_images,
+                trust_remote_code=config.trust_remote_code, dtype=torch_dtype,
+            )  # fmt: skip
+        elif contents["encoder"] == "modules":
+            encoder = _build_encoder(config, None, torch_dtype)
+        else:
+            path = _resolve_base(root, "encoder", encoder_path, bases.get("encoder", {}))
+            encoder = _build_encoder(config, path, torch_dtype)
+
+        # language model
+        if contents["llm"] == "hf_dir":
+            llm = load_causal_lm(root / "llm", trust_remote_code=config.trust_remote_code, dtype=torch_dtype)
+        else:
+            path = _resolve_base(root, "llm", llm_path, bases.get("llm", {}))
+            llm = load_causal_lm(path, trust_remote_code=config.trust_remote_code, dtype=torch_dtype)
+        add_image_token(tokenizer, config.image_token)
+        _resize_embeddings(llm, len(tokenizer))
+
+        fusion, projector = _build_head(config, encoder, llm)
+        from safetensors.torch import load_file
+
+        modules = load_file(str(root / MODULES_NAME))
+        for name, module in (("fusion", fusion), ("projector", projector)):
+            _load_prefixed(module, modules, f"{name}.", root / MODULES_NAME)
+        if contents["encoder"] == "modules":
+            _load_prefixed(encoder, modules, "encoder.", root / MODULES_NAME)
+
+        model = cls(config, encoder, fusion, projector, llm, tokenizer, bases)
+        model.trained = set(meta.get("trained", []))
+        if model.num_image_tokens != meta.get("num_image_tokens", model.num_image_tokens):
+            raise CheckpointMismatchError(f"{root}: the rebuilt model gives {model.num_image_tokens} visual prompts, "
+                                          f"the checkpoint was trained with {meta['num_image_tokens']}")  # fmt: skip
+        if contents.get("encoder_lora"):
+            from peft import PeftModel
+
+            attr = model.encoder_backbone_name
+            setattr(encoder, attr, PeftModel.from_pretrained(getattr(encoder, attr), str(root / "encoder_lora")))
+        if contents.get("llm_lora"):
+            from peft import PeftModel
+
+            model.llm = PeftModel.from_pretrained(model.llm, str(root / "llm_lora"))
+        model.requires_grad_(False)
+        if config.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        logger.info("loaded the report generator from %s (%s)", root, contents)
+        return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# module-level helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer.from_pretrained(path, local_files_only=True)`` with a typed error."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            os.fspath(path), local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelConfigError(f"{path}: cannot load a tokenizer ({exc})") from exc
+
+
+def _build_encoder(config: GeneratorConfig, path: str | os.PathLike | None, dtype: torch.dtype) -> VisionEncoder:
+    return build_encoder(
+        config.encoder,
+        path,
+        options=config.encoder_options if (path is None or config.encoder != "hf") else None,
+        image_size=config.image_size,
+        feature=config.encoder_feature,
+        mean=config.image_mean,
+        std=config.image_std,
+        normalize=config.normalize_images,
+        trust_remote_code=config.trust_remote_code,
+        dtype=dtype,
+    )
+
+
+def _build_head(config: GeneratorConfig, encoder: VisionEncoder, llm: nn.Module) -> tuple[ViewFusion, nn.Module]:
+    hidden = int(llm.get_input_embeddings().weight.shape[1])
+    fusion = ViewFusion(config.view_fusion, encoder.out_dim, config.max_views)
+    projector = build_projector(
+        config.projector,
+        encoder.out_dim,
+        hidden,
+        num_queries=config.num_queries,
+        resampler_dim=config.resampler_dim,
+        resampler_heads=config.resampler_heads,
+        resampler_layers=config.resampler_layers,
+    )
+    return fusion, projector
+
+
+def _base_record(path: str | os.PathLike | None) -> dict[str, Any]:
+    if path is None:
+        return {"source": "config", "path": None, "fingerprint": None}
+    return {"source": "path", "path": os.path.abspath(os.fspath(path)), "fingerprint": fingerprint(path)}
+
+
+def _resolve_base(root: Path, part: str, given: str | os.PathLike | None, record: dict[str, Any]) -> str:
+    """The base path to load and verify against the recorded fingerprint."""
+    path = os.fspath(given) if given is not None else record.get("path")
+    if path is None:
+        raise ModelConfigError(f"{root}: holds no {part} weights and names no base {part}; pass {part}_path=")
+    if not os.path.exists(path):
+        raise ModelConfigError(f"{root}: base {part} {path} not found; pass {part}_path= to the base it was trained on")
+    expected = record.get("fingerprint")
+    found = fingerprint(path)
+    if expected is not None and found != expected:
+        raise CheckpointMismatchError(
+            f"{root}: this checkpoint was trained on the base {part} {record.get('path')} ({expected[:19]}...), "
+            f"but {path} is a different model ({found[:19]}...); pass {part}_path= to the original base"
+        )
+    return path
+
+
+def _load_prefixed(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, source: Path) -> None:
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(sub, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointMismatchError(f"{source}: weights under {prefix!r} do not fit the model ({exc})") from exc
+
+
+@contextlib.contextmanager
+def _merged(module: nn.Module, active: bool) -> Iterator[None]:
+    """Merge a peft model's LoRA weights into its base weights for the block (``active``), unmerge after."""
+    if not active:
+        yield
+        return
+    module.merge_adapter()
+    try:
+        yield
+    finally:
+        module.unmerge_adapter()
