@@ -30,6 +30,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         lateral_fraction=args.lateral_fraction,
         workers=args.workers,
+        formats=tuple(args.formats.split(",")),
+        progress=True,
     )
     elapsed = time.perf_counter() - start
     print(f"wrote {args.n} synthetic studies to {args.out} in {elapsed:.1f} s")
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, default=2000, help="number of studies")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=256)
-    synth.add_argument("--lateral-fraction", type=float, default=0.3, help="share of studies with a lateral view")
+    synth.add_argument("--lateral-fraction", type=float, default=0.4, help="share of studies with a lateral view")
+    synth.add_argument("--formats", default="png,dcm", help="comma-separated image formats: png, dcm")
     synth.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
     synth.set_defaults(func=_cmd_synth)
 

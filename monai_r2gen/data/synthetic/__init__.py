@@ -1,0 +1,37 @@
+"""Phantom chest radiographs with known findings, reports and CheXpert labels (the embedded default data).
+
+- :func:`generate_dataset` writes PNG / DICOM studies, ``annotation.json``, ``labels.csv`` and ``findings.json``;
+- :class:`SyntheticReportDataset` renders fresh studies every epoch, on the fly;
+- :func:`render_study` renders one study in memory (images, report, labels, finding boxes).
+
+Modules: ``geometry`` (pixel grid, pose, drawing primitives), ``anatomy`` (normal chest), ``findings`` (what each
+finding looks like and where), ``reports`` (wording), ``labels`` (CheXpert ground truth), ``study`` (one study from
+its seed), ``writer`` (files on disk), ``dataset`` (on-the-fly MONAI dataset). Names resolve lazily so that
+``generate_dataset`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "generate_dataset": "monai_r2gen.data.synthetic.writer",
+    "GENERATOR_VERSION": "monai_r2gen.data.synthetic.writer",
+    "SyntheticReportDataset": "monai_r2gen.data.synthetic.dataset",
+    "study_item": "monai_r2gen.data.synthetic.dataset",
+    "render_study": "monai_r2gen.data.synthetic.study",
+    "SyntheticStudy": "monai_r2gen.data.synthetic.study",
+    "Finding": "monai_r2gen.data.synthetic.findings",
+    "FINDING_KINDS": "monai_r2gen.data.synthetic.findings",
+    "FINDING_LABELS": "monai_r2gen.data.synthetic.findings",
+    "DEFAULT_PREVALENCE": "monai_r2gen.data.synthetic.findings",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
