@@ -33,6 +33,8 @@ _EXPORTS = {
     "ReportDataset": "monai_r2gen.data.datasets",
     "read_manifest": "monai_r2gen.data.datasets",
     "ReportCollate": "monai_r2gen.data.datasets",
+    "collect_studies": "monai_r2gen.data.studies",
+    "Study": "monai_r2gen.data.studies",
     "generate_dataset": "monai_r2gen.data.synthetic",
     "SyntheticReportDataset": "monai_r2gen.data.synthetic",
 }

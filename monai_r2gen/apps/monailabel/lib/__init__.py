@@ -1,0 +1,1 @@
+"""Tasks of the monai-r2gen MONAI Label app."""

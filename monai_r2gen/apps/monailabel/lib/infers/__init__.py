@@ -1,0 +1,1 @@
+"""Infer tasks of the monai-r2gen MONAI Label app."""
