@@ -5,8 +5,7 @@ Names are resolved lazily so that ``import monai_r2gen.engines`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from monai_r2gen._lazy import lazy_exports
 
 _EXPORTS = {
     "apply_stage": "monai_r2gen.engines.stages",
@@ -16,10 +15,4 @@ _EXPORTS = {
     "StagePreset": "monai_r2gen.engines.stages",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

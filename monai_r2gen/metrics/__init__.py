@@ -5,8 +5,7 @@ Names are resolved lazily so that ``import monai_r2gen.metrics`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from monai_r2gen._lazy import lazy_exports
 
 _EXPORTS = {
     "nlg_scores": "monai_r2gen.metrics.nlg",
@@ -25,10 +24,4 @@ _EXPORTS = {
     "radgraph_scores": "monai_r2gen.metrics.external",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

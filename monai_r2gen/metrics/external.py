@@ -37,22 +37,7 @@ __all__ = ["CHEXBERT_CONDITIONS", "CheXbertLabeler", "chexbert_scores", "radgrap
 logger = logging.getLogger(__name__)
 
 #: Head order of the CheXbert checkpoint (13 four-class heads, then No Finding with two classes).
-CHEXBERT_CONDITIONS: tuple[str, ...] = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-    "No Finding",
-)
+CHEXBERT_CONDITIONS: tuple[str, ...] = (*CHEXPERT_LABELS[1:], CHEXPERT_LABELS[0])
 # CheXbert classes: 0 blank, 1 positive, 2 negative, 3 uncertain.
 _CHEXBERT_CLASSES = (None, POSITIVE, NEGATIVE, UNCERTAIN)
 RADGRAPH_KEYS: tuple[str, ...] = ("RadGraph-simple", "RadGraph-partial", "RadGraph-complete")

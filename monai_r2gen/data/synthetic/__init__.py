@@ -12,8 +12,7 @@ its seed), ``writer`` (files on disk), ``dataset`` (on-the-fly MONAI dataset). N
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from monai_r2gen._lazy import lazy_exports
 
 _EXPORTS = {
     "generate_dataset": "monai_r2gen.data.synthetic.writer",
@@ -28,10 +27,4 @@ _EXPORTS = {
     "DEFAULT_PREVALENCE": "monai_r2gen.data.synthetic.findings",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
