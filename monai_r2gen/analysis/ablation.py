@@ -1,0 +1,191 @@
+"""The training protocol's ablation on the embedded default, at one total budget counted in iterations.
+
+Variants (stage lists for :class:`~monai_r2gen.engines.workflows.ReportTrainingWorkflow`):
+
+==========================  ==============================================================================
+``full``                    stage 0 (LM warm-up) -> stage 1 (alignment, encoder trained) -> stage 2 (LoRA)
+``no_stage1``               stage 0 -> stage 2 (stage 1's iterations go to stage 2)
+``no_stage0``               stage 1 -> stage 2 (stage 0's iterations shared in proportion)
+``frozen_encoder_stage1``   as ``full`` but the encoder is frozen in stage 1
+``shallow`` / ``delta`` /   stage 0, then R2GenGPT's preset: LLM frozen; encoder frozen / LoRA / trained in
+``deep``                    full (the embedded default's LLM starts from random weights, so the R2GenGPT
+                            presets get the same stage-0 warm-up as the protocol)
+==========================  ==============================================================================
+
+Every variant gets the same total number of iterations (``total_iterations``, default 780: the bundle's
+130 + 200 + 450) at the same batch size, split in the bundle's proportions; budgets are counted in iterations, not
+seconds, so runs compare across machines. Each variant is trained from scratch (same data set, same seed for the
+model initialisation) for every seed, then scored on the test split: CheXpert-14 micro / macro F1, BLEU-4, CIDEr.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ABLATION_VARIANTS", "ABLATION_METRICS", "variant_stages", "run_ablation", "ablation_table"]
+
+logger = logging.getLogger(__name__)
+
+#: the embedded default's stage settings (bundle/configs/train.yaml) and their share of the total budget
+_BASE_STAGES: dict[str, dict[str, Any]] = {
+    "stage0": {"name": "stage0", "text_only": True, "validate": False, "lr": 2e-3, "warmup_steps": 10,
+               "end_lr": 1e-4},
+    "stage1": {"name": "stage1", "train_encoder": True, "lr": 1e-3, "warmup_steps": 10, "end_lr": 5e-5},
+    "stage2": {"name": "stage2", "train_encoder": True, "lr": 1e-3, "warmup_steps": 20, "end_lr": 5e-5,
+               "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
+}  # fmt: skip
+_R2GENGPT = {"name": None, "lr": 1e-3, "warmup_steps": 20, "end_lr": 5e-5}
+
+#: variant name -> (stage, overrides, budget weight) triples
+ABLATION_VARIANTS: dict[str, list[tuple[str, dict[str, Any], int]]] = {
+    "full": [("stage0", {}, 130), ("stage1", {}, 200), ("stage2", {}, 450)],
+    "no_stage1": [("stage0", {}, 130), ("stage2", {}, 650)],
+    "no_stage0": [("stage1", {}, 240), ("stage2", {}, 540)],
+    "frozen_encoder_stage1": [("stage0", {}, 130), ("stage1", {"train_encoder": False}, 200), ("stage2", {}, 450)],
+    "shallow": [("stage0", {}, 130), ("shallow", {}, 650)],
+    "delta": [("stage0", {}, 130), ("delta", {}, 650)],
+    "deep": [("stage0", {}, 130), ("deep", {}, 650)],
+}
+
+#: scores reported per run (keys of ReportEvaluationWorkflow's "scores")
+ABLATION_METRICS = ("CE-14 micro-F1", "CE-14 macro-F1", "BLEU-4", "CIDEr")
+
+
+def variant_stages(variant: str, total_iterations: int = 780, batch_size: int = 32,
+                   validate: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """Stage settings of a variant, its stages' iterations summing to ``total_iterations``.
+
+    Args:
+        variant: a key of :data:`ABLATION_VARIANTS`.
+        total_iterations: the budget shared by the stages.
+        batch_size: training batch size of every stage.
+        validate: validate during training (off by default: every variant hands over its last weights, so the
+            budget is exactly the same).
+
+    Raises:
+        ValueError: unknown variant or a budget too small to give every stage an iteration.
+    """
+    if variant not in ABLATION_VARIANTS:
+        raise ValueError(f"unknown ablation variant {variant!r}; choose from {', '.join(ABLATION_VARIANTS)}")
+    plan = ABLATION_VARIANTS[variant]
+    if total_iterations < len(plan):
+        raise ValueError(f"{total_iterations} iterations cannot be shared by {len(plan)} stages")
+    weights = sum(w for _, _, w in plan)
+    counts = [max(1, round(total_iterations * w / weights)) for _, _, w in plan]
+    counts[-1] = total_iterations - sum(counts[:-1])  # exact total
+    stages = []
+    for (name, overrides, _), iterations in zip(plan, counts):
+        base = copy.deepcopy(_BASE_STAGES.get(name, {**_R2GENGPT, "name": name, "preset": name}))
+        base.update(copy.deepcopy(overrides))
+        base.update({"max_iterations": int(iterations), "batch_size": int(batch_size), "handover": "last"})
+        if name != "stage0":
+            base["validate"] = bool(validate)
+        stages.append(base)
+    return stages
+
+
+def run_ablation(
+    dataset_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    variants: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1),
+    total_iterations: int = 780,
+    batch_size: int = 32,
+    n_studies: int = 2000,
+    image_size: int = 128,
+    eval_max_studies: int | None = None,
+    network: Mapping[str, Any] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train and score every variant for every seed; write ``ablation.json`` and ``ablation.md`` to ``out_dir``.
+
+    A run whose ``scores.json`` already exists is not trained again (a killed ablation continues).
+
+    Args:
+        dataset_dir: synthetic data set folder (generated with ``n_studies`` / ``image_size`` when empty).
+        out_dir: one sub-folder per variant and seed, plus the tables.
+        variants: subset of :data:`ABLATION_VARIANTS` (default: all).
+        seeds: training seeds.
+        total_iterations: iterations per run, shared by its stages.
+        batch_size: batch size of every stage.
+        n_studies: studies of a generated data set.
+        image_size: view size.
+        eval_max_studies: score only the first N test studies (None: all).
+        network: :class:`~monai_r2gen.networks.GeneratorConfig` fields over the embedded default.
+        device: torch device.
+
+    Returns:
+        ``{"runs": [{"variant", "seed", "scores", "seconds"}], "table": markdown, "settings": {...}}``.
+    """
+    from monai_r2gen.engines.workflows import ReportEvaluationWorkflow, ReportTrainingWorkflow
+
+    names = list(variants or ABLATION_VARIANTS)
+    for name in names:
+        if name not in ABLATION_VARIANTS:
+            raise ValueError(f"unknown ablation variant {name!r}; choose from {', '.join(ABLATION_VARIANTS)}")
+    out = Path(out_dir)
+    runs = []
+    for name in names:
+        for seed in seeds:
+            run_dir = out / name / f"seed{seed}"
+            scores_file = run_dir / "eval" / "scores.json"
+            if scores_file.is_file():
+                data = json.loads(scores_file.read_text(encoding="utf-8"))
+                runs.append({"variant": name, "seed": int(seed), "scores": data["scores"],
+                             "seconds": data.get("train_seconds")})  # fmt: skip
+                continue
+            config = {"image_size": image_size, "seed": int(seed), **dict(network or {})}
+            start = time.perf_counter()
+            workflow = ReportTrainingWorkflow(
+                network=config, dataset_dir=dataset_dir, output_dir=run_dir / "train", model_dir=run_dir / "model",
+                stages=variant_stages(name, total_iterations, batch_size), image_size=image_size,
+                synthetic={"n_studies": n_studies, "seed": 0, "image_size": image_size}, seed=int(seed),
+                tensorboard=False, device=device,
+            )  # fmt: skip
+            workflow.run()
+            train_seconds = time.perf_counter() - start
+            result = ReportEvaluationWorkflow(
+                model_dir=run_dir / "model", dataset_dir=dataset_dir, output_dir=run_dir / "eval", split="test",
+                max_studies=eval_max_studies, device=device,
+            ).run()  # fmt: skip
+            result["train_seconds"] = round(train_seconds, 1)
+            scores_file.write_text(json.dumps(result, indent=2), encoding="utf-8")
+            logger.info("ablation %s seed %d: %s", name, seed, {k: result["scores"].get(k) for k in ABLATION_METRICS})
+            runs.append({"variant": name, "seed": int(seed), "scores": result["scores"],
+                         "seconds": round(train_seconds, 1)})  # fmt: skip
+    settings = {"total_iterations": total_iterations, "batch_size": batch_size, "seeds": list(seeds),
+                "n_studies": n_studies, "image_size": image_size, "eval_max_studies": eval_max_studies}  # fmt: skip
+    table = ablation_table(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps({"runs": runs, "settings": settings}, indent=2), encoding="utf-8")
+    (out / "ablation.md").write_text(table + "\n", encoding="utf-8")
+    return {"runs": runs, "table": table, "settings": settings}
+
+
+def ablation_table(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ABLATION_METRICS) -> str:
+    """Markdown table: one row per variant, each metric as the per-seed values and their mean."""
+    by_variant: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by_variant.setdefault(run["variant"], []).append(run)
+    lines = ["| variant | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for name, group in by_variant.items():
+        cells = []
+        for metric in metrics:
+            values = [float(r["scores"][metric]) for r in group if r["scores"].get(metric) is not None]
+            if not values:
+                cells.append("n/a")
+                continue
+            each = " / ".join(f"{v:.3f}" for v in values)
+            cells.append(f"{statistics.fmean(values):.3f} ({each})" if len(values) > 1 else each)
+        seeds = ", ".join(str(r["seed"]) for r in group)
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

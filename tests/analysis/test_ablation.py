@@ -1,0 +1,61 @@
+"""The protocol ablation: budgets, table, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from monai_r2gen.analysis.ablation import ABLATION_VARIANTS, ablation_table, run_ablation, variant_stages
+from monai_r2gen.networks.factory import tiny_llm_options
+
+
+@pytest.mark.parametrize("variant", list(ABLATION_VARIANTS))
+@pytest.mark.parametrize("total", [780, 7, 101])
+def test_every_variant_gets_the_same_budget(variant, total):
+    stages = variant_stages(variant, total, batch_size=4)
+    assert sum(s["max_iterations"] for s in stages) == total
+    assert all(s["max_iterations"] >= 1 and s["batch_size"] == 4 for s in stages)
+
+
+def test_variant_contents():
+    assert [s["name"] for s in variant_stages("full")] == ["stage0", "stage1", "stage2"]
+    assert [s["max_iterations"] for s in variant_stages("full")] == [130, 200, 450]
+    assert [s["name"] for s in variant_stages("no_stage1")] == ["stage0", "stage2"]
+    assert [s["name"] for s in variant_stages("no_stage0")] == ["stage1", "stage2"]
+    assert variant_stages("full")[1]["train_encoder"] is True
+    assert variant_stages("frozen_encoder_stage1")[1]["train_encoder"] is False
+    assert variant_stages("delta")[1]["preset"] == "delta"
+    with pytest.raises(ValueError):
+        variant_stages("nope")
+    with pytest.raises(ValueError):
+        variant_stages("full", total_iterations=2)
+
+
+def test_table_means_over_seeds():
+    runs = [{"variant": "full", "seed": s, "scores": {"CE-14 micro-F1": v, "CE-14 macro-F1": None,
+                                                       "BLEU-4": 0.1, "CIDEr": 0.2}} for s, v in ((0, 0.9), (1, 0.7))]
+    table = ablation_table(runs)
+    assert "| full | 0, 1 | 0.800 (0.900 / 0.700) | n/a | 0.100 (0.100 / 0.100) |" in table
+
+
+@pytest.mark.slow
+def test_tiny_ablation_end_to_end(tmp_path):
+    network = {
+        "llm_options": tiny_llm_options("llama", hidden_size=32, num_layers=1, num_heads=2, max_positions=256),
+        "num_queries": 4, "resampler_heads": 2, "tokenizer_vocab_size": 300,
+        "encoder_options": {"channels": [8, 16, 16]},
+        "generation": {"num_beams": 1, "do_sample": False, "repetition_penalty": 1.0, "min_new_tokens": 1,
+                       "max_new_tokens": 8},
+    }  # fmt: skip
+    kwargs = {"variants": ["full", "no_stage0"], "seeds": (0,), "total_iterations": 4, "batch_size": 4,
+              "n_studies": 20, "image_size": 64, "eval_max_studies": 4, "network": network, "device": "cpu"}
+    result = run_ablation(tmp_path / "data", tmp_path / "out", **kwargs)
+    assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("full", 0), ("no_stage0", 0)]
+    for run in result["runs"]:
+        assert 0.0 <= run["scores"]["CE-14 micro-F1"] <= 1.0 and run["scores"]["CIDEr"] >= 0.0
+    summary = json.loads((tmp_path / "out" / "full" / "seed0" / "model" / "training_summary.json").read_text())
+    assert sum(s["iterations"] for s in summary["stages"].values()) == 4
+    assert (tmp_path / "out" / "ablation.md").read_text().startswith("| variant |")
+    again = run_ablation(tmp_path / "data", tmp_path / "out", **kwargs)  # finished runs are not trained again
+    assert again["runs"] == result["runs"]

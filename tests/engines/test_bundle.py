@@ -1,0 +1,159 @@
+"""Tests of the MONAI bundle: metadata, logging config, and every run id end to end on a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundle"
+CONFIGS = BUNDLE / "configs"
+
+# merged after train.yaml: tiny synthetic data, tiny models, a few iterations per stage
+TINY_OVERRIDES = {
+    "image_size": 64,
+    "max_length": 96,
+    "synthetic": {"n_studies": 24, "seed": 1, "image_size": 64, "formats": ["png"], "workers": 1},
+    "network_config": {
+        "encoder": "small_cnn", "image_size": 64, "max_views": 2, "max_length": 96, "num_queries": 4,
+        "tokenizer_vocab_size": 300, "seed": 0,
+        "llm_options": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                        "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256},
+        "generation": {"max_new_tokens": 12, "num_beams": 1, "do_sample": False, "repetition_penalty": 1.0},
+    },
+    "stage0": {"name": "stage0", "batch_size": 8, "max_iterations": 3, "lr": 0.002, "validate": False},
+    "stage1": {"name": "stage1", "batch_size": 8, "max_iterations": 3, "lr": 0.001, "val_interval": 3,
+               "val_epoch_level": False, "selection": "CE-14 micro-F1"},
+    "stage2": {"name": "stage2", "batch_size": 8, "max_iterations": 3, "lr": 0.001, "lora": {"r": 4, "alpha": 8},
+               "val_interval": 3, "val_epoch_level": False, "selection": "CE-14 micro-F1"},
+    "workflow#tensorboard": False,
+}  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _bundle(run_id: str, configs: list[Path], root: Path, *overrides: str, launcher: list[str] | None = None):
+    files = "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [*(launcher or [sys.executable, "-m"]), "monai.bundle", "run", run_id, "--config_file", files,
+           "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
+           "--bundle_root", str(root), *overrides]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{run_id} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def test_metadata_verifies_offline_against_the_shipped_schema() -> None:
+    pytest.importorskip("jsonschema", reason="monai's verify_metadata needs jsonschema")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
+         "--filepath", str(CONFIGS / "meta_schema_20240725.json")],
+        capture_output=True, text=True, timeout=300, env=_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_logging_conf_passes_monai_validation() -> None:
+    from monai.bundle.workflows import _reject_executable_logging_config
+
+    assert "StreamHandler" in _reject_executable_logging_config(str(CONFIGS / "logging.conf"))
+
+
+def test_configs_define_their_run_ids() -> None:
+    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    assert {"training", "train_stage0", "train_stage1", "train_stage2"} <= set(train)
+    assert [s["name"] for s in (train["stage0"], train["stage1"], train["stage2"])] == ["stage0", "stage1", "stage2"]
+    assert "evaluating" in yaml.safe_load((CONFIGS / "evaluate.yaml").read_text())
+    assert "inference" in yaml.safe_load((CONFIGS / "inference.yaml").read_text())
+    assert yaml.safe_load((CONFIGS / "multi_gpu_train.yaml").read_text())["workflow#distributed"] is True
+    assert (BUNDLE / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``training`` run end to end on the embedded path (synthetic data generated into an empty dataset_dir)."""
+    root = tmp_path_factory.mktemp("bundle")
+    tiny = root / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(TINY_OVERRIDES))
+    _bundle("training", [CONFIGS / "train.yaml", tiny], root, "--device", "cpu")
+    return root
+
+
+@pytest.mark.slow
+def test_training_runs_every_stage_and_saves_the_model(trained_bundle: Path) -> None:
+    root = trained_bundle
+    assert (root / "data" / "synthetic" / "annotation.json").is_file()
+    for stage in ("stage0", "stage1", "stage2"):
+        marker = json.loads((root / "runs" / "training" / "stages" / stage / "stage_complete.json").read_text())
+        assert marker["iterations"] == 3
+    model = root / "models" / "report_generator"
+    assert (model / "generator.json").is_file() and (model / "llm_lora" / "adapter_config.json").is_file()
+    summary = json.loads((model / "training_summary.json").read_text())
+    assert list(summary["stages"]) == ["stage0", "stage1", "stage2"]
+    reports = root / "runs" / "training" / "stages" / "stage2" / "reports" / "stage2_latest.jsonl"
+    assert set(json.loads(reports.read_text().splitlines()[0])) == {"id", "reference", "prediction"}
+
+
+@pytest.mark.slow
+def test_evaluating_writes_scores_and_settings(trained_bundle: Path) -> None:
+    root = trained_bundle
+    _bundle("evaluating", [CONFIGS / "evaluate.yaml"], root, "--device", "cpu")
+    result = json.loads((root / "eval" / "test" / "scores.json").read_text())
+    scores = result["scores"]
+    assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CE-14 micro-F1", "CE-5 macro-F1"} <= set(scores)
+    assert all(0.0 <= v <= 10.0 for v in scores.values())
+    assert result["settings"]["split"] == "test" and result["settings"]["num_reports"] > 0
+    annotation = json.loads((root / "data" / "synthetic" / "annotation.json").read_text())
+    assert result["settings"]["num_reports"] == len(annotation["test"])
+    assert len((root / "eval" / "test" / "reports_test.jsonl").read_text().splitlines()) == len(annotation["test"])
+
+
+@pytest.mark.slow
+def test_inference_on_a_dicom_and_a_png(trained_bundle: Path, rg1_uncompressed: Path, tmp_path: Path) -> None:
+    root = trained_bundle
+    png = next((root / "data" / "synthetic" / "images").rglob("*.png"))
+    inputs = tmp_path / "inputs"
+    (inputs / "dicom_study").mkdir(parents=True)
+    shutil.copy(rg1_uncompressed, inputs / "dicom_study" / "view1.dcm")
+    shutil.copy(png, inputs / "frontal.png")
+    out = tmp_path / "reports"
+    _bundle("inference", [CONFIGS / "inference.yaml"], root, "--input_path",
+            f"['{inputs / 'dicom_study'}','{inputs / 'frontal.png'}']", "--output_dir", str(out), "--device", "cpu")
+    rows = [json.loads(line) for line in (out / "reports.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["dicom_study", "frontal"]
+    assert all(isinstance(r["report"], str) for r in rows)
+    assert (out / "dicom_study.txt").read_text().strip() == rows[0]["report"]
+    assert (out / "frontal.txt").is_file()
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_with_two_cpu_processes(tmp_path: Path) -> None:
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun not found")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    tiny = dict(TINY_OVERRIDES)
+    tiny["stage0"] = {**tiny["stage0"], "max_iterations": 2, "batch_size": 4}
+    tiny["stage1"] = {**tiny["stage1"], "max_iterations": 2, "batch_size": 4, "validate": False}
+    tiny["stage2"] = {**tiny["stage2"], "max_iterations": 2, "batch_size": 4, "validate": False}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    _bundle(
+        "training", [CONFIGS / "train.yaml", tmp_path / "tiny.yaml", CONFIGS / "multi_gpu_train.yaml"], tmp_path,
+        launcher=[torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"],
+    )
+    model = tmp_path / "models" / "report_generator"
+    assert (model / "generator.json").is_file()
+    for stage in ("stage0", "stage1", "stage2"):
+        marker = json.loads((tmp_path / "runs" / "training" / "stages" / stage / "stage_complete.json").read_text())
+        assert marker["iterations"] == 2

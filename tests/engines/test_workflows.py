@@ -1,0 +1,273 @@
+"""Tests of the training / evaluation workflows and their handlers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from PIL import Image
+
+from monai_r2gen.engines.handlers import (
+    GradientClipHandler,
+    ReportScores,
+    ReportWriter,
+    StageCompletion,
+    TrainableState,
+)
+from monai_r2gen.engines.workflows import (
+    ReportBatchPreparer,
+    ReportTrainingWorkflow,
+    ResumableSampler,
+    StageSettings,
+    latest_checkpoint,
+)
+
+# a tiny model: 64 px small CNN, K = 4 prompts, a one-layer Llama of width 64
+TINY_NETWORK = {
+    "image_size": 64,
+    "max_length": 80,
+    "num_queries": 4,
+    "tokenizer_vocab_size": 300,
+    "llm_options": {
+        "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256,
+    },
+    "generation": {"max_new_tokens": 12, "num_beams": 1, "do_sample": False, "repetition_penalty": 1.0},
+}  # fmt: skip
+
+
+def make_tiny_dataset(root: Path, n: int = 40, size: int = 64, seed: int = 0) -> Path:
+    """PNG studies whose report states two visible findings (effusion: bright lower half; cardiomegaly: dark band)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    annotation: dict[str, list] = {"train": [], "val": [], "test": []}
+    for i in range(n):
+        effusion, cardio = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+        pixels = (rng.random((size, size)) * 60 + 60).astype(np.uint8)
+        if effusion:
+            pixels[size // 2 :, :] = 220
+        if cardio:
+            pixels[:, : size // 3] = 10
+        Image.fromarray(pixels).save(root / "images" / f"s{i}.png")
+        report = ("there is a pleural effusion ." if effusion else "no pleural effusion .") + (
+            " the heart is enlarged ." if cardio else " heart size is normal ."
+        )
+        split = "train" if i < 0.7 * n else ("val" if i < 0.85 * n else "test")
+        annotation[split].append({"id": f"s{i}", "report": report, "image_path": [f"images/s{i}.png"]})
+    (root / "annotation.json").write_text(json.dumps(annotation))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# small parts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _batch() -> dict:
+    return {
+        "image": torch.rand(2, 2, 1, 8, 8),
+        "view_mask": torch.tensor([[True, False], [True, True]]),
+        "input_ids": torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+        "labels": torch.tensor([[-100, 5, 6, 2], [-100, 7, 2, -100]]),
+        "report": ["a b", "c"],
+        "id": ["x", "y"],
+    }
+
+
+def test_batch_preparer_modes() -> None:
+    images, refs, args, kwargs = ReportBatchPreparer("train")(_batch(), "cpu")
+    assert images.shape == (2, 2, 1, 8, 8) and refs == ["a b", "c"] and args == ()
+    assert set(kwargs) == {"view_mask", "input_ids", "attention_mask", "labels"}
+
+    images, _, _, kwargs = ReportBatchPreparer("text")(_batch(), "cpu")
+    assert images is None and "view_mask" not in kwargs and torch.equal(kwargs["labels"], _batch()["labels"])
+
+    images, _, _, kwargs = ReportBatchPreparer("generate")(_batch(), "cpu")
+    assert images.shape[0] == 2 and set(kwargs) == {"view_mask"}
+
+    cached = {**_batch(), "image_tokens": torch.rand(2, 2, 16, 32)}
+    del cached["image"]
+    images, _, _, kwargs = ReportBatchPreparer("train")(cached, "cpu")
+    assert images is None and kwargs["visual_tokens"].shape == (2, 2, 16, 32)
+    with pytest.raises(ValueError):
+        ReportBatchPreparer("bogus")
+
+
+def test_stage_settings_defaults_and_unknown_keys() -> None:
+    stage = StageSettings({"name": "stage1", "lr": 0.01})
+    assert stage.lr == 0.01 and stage.batch_size == 8 and stage.selection == "bleu4_cider"
+    with pytest.raises(ValueError, match="unknown stage settings"):
+        StageSettings({"name": "stage1", "learning_rate": 0.01})
+    with pytest.raises(ValueError, match="name"):
+        StageSettings({})
+
+
+def test_trainable_state_holds_only_trainable_tensors() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    state = TrainableState(model)
+    saved = state.state_dict()
+    assert set(saved) == {"1.weight", "1.bias"}
+    with torch.no_grad():
+        model[1].weight.zero_()
+    state.load_state_dict(saved)
+    assert torch.equal(model[1].weight, saved["1.weight"]) and model[1].weight.abs().sum() > 0
+    with pytest.raises(KeyError):
+        state.load_state_dict({"1.weight": saved["1.weight"]})
+    with pytest.raises(ValueError, match="shape"):
+        state.load_state_dict({"1.weight": torch.zeros(5, 5), "1.bias": saved["1.bias"]})
+
+
+def test_resumable_sampler_is_deterministic_per_epoch_and_skips() -> None:
+    data = list(range(20))
+    first, second = ResumableSampler(data, seed=3), ResumableSampler(data, seed=3)
+    first.set_epoch(1)
+    second.set_epoch(1)
+    full = list(first)
+    second.skip(8)
+    assert list(second) == full[8:]
+    assert list(second) == full  # skipping applies once
+    first.set_epoch(2)
+    assert list(first) != full
+
+
+def test_gradient_clip_handler_clips_on_step_iterations() -> None:
+    param = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    engine = Engine(lambda e, b: None)
+    engine.optimizer = optimizer
+    engine.accumulation_steps = 2
+    engine.state.epoch_length = 4
+    handler = GradientClipHandler(max_norm=1.0)
+    param.grad = torch.full((4,), 10.0)
+    engine.state.iteration = 1  # accumulating: no clipping yet
+    handler(engine)
+    assert float(param.grad.norm()) == pytest.approx(20.0)
+    engine.state.iteration = 2  # optimizer steps now
+    handler(engine)
+    assert float(param.grad.norm()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_report_scores_and_writer(tmp_path: Path) -> None:
+    refs = ["there is a large right pleural effusion .", "the heart is enlarged . no pleural effusion ."]
+    batches = [
+        {"pred": [refs[0]], "label": [refs[0]], "id": ["a"]},
+        {"pred": ["no acute cardiopulmonary process ."], "label": [refs[1]], "id": ["b"]},
+    ]
+    engine = Engine(lambda e, b: {"pred": b["pred"], "label": b["label"]})
+    metric = ReportScores(selection="bleu4_cider")
+    metric.attach(engine, "bleu4_cider")
+    writer = ReportWriter(tmp_path, prefix="val")
+    writer.attach(engine)
+    engine.run(batches, max_epochs=1)
+    metrics = engine.state.metrics
+    assert {"BLEU-4", "CIDEr", "ROUGE-L", "CE-14 micro-F1", "CE-5 macro-F1"} <= set(metrics)
+    assert metrics["bleu4_cider"] == pytest.approx(0.5 * metrics["BLEU-4"] + 0.5 * metrics["CIDEr"])
+    assert 0.0 < metrics["BLEU-4"] < 1.0
+    assert not any(k.startswith("per_label/") for k in metrics)
+    assert any(k.startswith("per_label/") for k in metric.last_scores)
+    rows = [json.loads(line) for line in (tmp_path / "val_epoch0001.jsonl").read_text().splitlines()]
+    assert rows == [
+        {"id": "a", "reference": refs[0], "prediction": refs[0]},
+        {"id": "b", "reference": refs[1], "prediction": "no acute cardiopulmonary process ."},
+    ]
+    assert (tmp_path / "val_latest.jsonl").read_text() == (tmp_path / "val_epoch0001.jsonl").read_text()
+
+    with pytest.raises(KeyError, match="selection score"):
+        bad = ReportScores(selection="nonexistent")
+        bad.update((["a"], ["a"]))
+        bad.compute()
+
+
+def test_latest_checkpoint_picks_highest_iteration(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None
+    for name in ("last_checkpoint_iteration=40.pt", "last_checkpoint_final_iteration=43.pt", "best.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert latest_checkpoint(tmp_path).name == "last_checkpoint_final_iteration=43.pt"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# whole workflows (tiny models)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _workflow(data: Path, out: Path, stages: list[dict], **kwargs) -> ReportTrainingWorkflow:
+    return ReportTrainingWorkflow(
+        dict(TINY_NETWORK), dataset_dir=data, output_dir=out, stages=stages, tensorboard=False, seed=7, **kwargs
+    )
+
+
+def _trainable(workflow: ReportTrainingWorkflow) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in TrainableState(workflow.network).state_dict().items()}
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
+    # stage 2 (LoRA with dropout, projector), 7 iterations of batch 8 over 28 studies: 4 iterations per epoch, so the
+    # interruption after 3 iterations is mid-epoch
+    stages = [{"name": "stage2", "batch_size": 8, "max_iterations": 7, "lr": 5e-3, "validate": False,
+               "lora": {"r": 4, "alpha": 8, "dropout": 0.1}, "checkpoint_interval": 1}]  # fmt: skip
+    straight = _workflow(tiny_data, tmp_path / "straight", stages)
+    result = straight.run()
+    assert result["complete"] and result["stages"]["stage2"]["iterations"] == 7
+    reference = _trainable(straight)
+
+    interrupted = _workflow(tiny_data, tmp_path / "resumed", stages, stop_after_iterations=3)
+    partial = interrupted.run()
+    assert not partial["complete"]
+    assert not StageCompletion.is_complete(tmp_path / "resumed" / "stages" / "stage2")
+    assert not (tmp_path / "resumed" / "model").exists()
+    moved = _trainable(interrupted)
+    assert any(not torch.allclose(moved[k], reference[k], atol=1e-6) for k in reference)
+
+    resumed = _workflow(tiny_data, tmp_path / "resumed", stages)
+    result = resumed.run()
+    assert result["complete"] and result["stages"]["stage2"]["iterations"] == 7
+    weights = _trainable(resumed)
+    assert set(weights) == set(reference)
+    for name, value in reference.items():
+        torch.testing.assert_close(weights[name], value, atol=1e-5, rtol=1e-4)
+    assert (tmp_path / "resumed" / "model" / "generator.json").is_file()
+
+
+@pytest.mark.slow
+def test_stages_hand_over_and_completed_stages_are_skipped(tiny_data: Path, tmp_path: Path) -> None:
+    stages = [
+        {"name": "stage0", "batch_size": 8, "max_iterations": 3, "lr": 1e-3, "validate": False},
+        {"name": "stage1", "batch_size": 8, "max_iterations": 3, "lr": 1e-3, "val_interval": 2,
+         "val_epoch_level": False, "selection": "CE-14 micro-F1"},
+    ]  # fmt: skip
+    workflow = _workflow(tiny_data, tmp_path / "run", stages)
+    result = workflow.run()
+    assert result["complete"]
+    stage1 = result["stages"]["stage1"]
+    # the encoder is frozen in stage 1 by default: its tokens come from the feature cache, encoded once
+    assert stage1["feature_cache"]["misses"] == 0 and stage1["feature_cache"]["hits"] > 0
+    for name in ("stage0", "stage1"):
+        marker = json.loads((tmp_path / "run" / "stages" / name / "stage_complete.json").read_text())
+        assert marker["stage"] == name and marker["iterations"] == 3
+    # validation reports written at iteration 2 and at the end of the budget
+    reports = sorted(p.name for p in (tmp_path / "run" / "stages" / "stage1" / "reports").glob("stage1_iter*.jsonl"))
+    assert reports == ["stage1_iter0000002.jsonl", "stage1_iter0000003.jsonl"]
+    row = json.loads((tmp_path / "run" / "stages" / "stage1" / "reports" / reports[0]).read_text().splitlines()[0])
+    assert set(row) == {"id", "reference", "prediction"}
+    assert (tmp_path / "run" / "stages" / "stage1" / "checkpoints" / "best.pt").is_file()
+    final = _trainable(workflow)
+
+    # a second run finds both stages complete, trains nothing and rebuilds the same model
+    again = _workflow(tiny_data, tmp_path / "run", stages)
+    result = again.run()
+    assert result["complete"] and result["stages"] == {}
+    restored = _trainable(again)
+    for name, value in final.items():
+        torch.testing.assert_close(restored[name], value)
