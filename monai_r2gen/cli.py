@@ -3,20 +3,32 @@
 Subcommands:
     synth        write the synthetic chest-radiograph dataset (the embedded default data)
     check-data   load every study of an annotation file / manifest through the data pipeline and count problems
+    train        run the bundle's ``training`` (or another run id) with ``key=value`` overrides
+    generate     write one report per study (JSON lines) for DICOM / PNG / JPEG files, study folders and manifests
     evaluate     score predicted reports against references (NLG + clinical efficacy)
+    analyze      soft-prompt, attention and ablation analyses (:mod:`monai_r2gen.analysis.commands`)
 
-Library code logs; this module is the one place that prints tables for people.
+Library code logs; this module (with ``analysis.commands``) is the one place that prints for people. Heavy modules
+(torch, MONAI, transformers) are imported by the handlers only, so ``monai-r2gen --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "build_parser"]
+
+DEFAULT_TRAIN_CONFIG = os.path.join("bundle", "configs", "train.yaml")
+_QUIET_LOGGERS = ("monai_r2gen.data.studies", "monai_r2gen.inference")  # `generate` prints their warnings itself
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -90,6 +102,110 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _override(text: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, value): a Python literal when it parses as one (as ``python -m monai.bundle run``
+    reads its options), else the text itself (``$`` expressions, ``@`` references and ``%`` macros included)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"overrides are key=value (e.g. stage0#max_iterations=10), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """``train``: ``monai.bundle.run(run_id, config_file=..., meta_file=..., logging_file=..., **overrides)``."""
+    from monai.bundle import run
+
+    configs = [os.path.abspath(c) for c in (args.config or [DEFAULT_TRAIN_CONFIG])]
+    missing = [c for c in configs if not os.path.isfile(c)]
+    if missing:
+        print(f"error: config file not found: {', '.join(missing)} (give --config)", file=sys.stderr)
+        return 2
+    config_dir = Path(configs[0]).parent
+    bundle_root = args.bundle_root or str(config_dir.parent if config_dir.name == "configs" else Path.cwd())
+    beside = {"meta_file": config_dir / "metadata.json", "logging_file": config_dir / "logging.conf"}
+    files = {key: getattr(args, key) or (str(path) if path.is_file() else None) for key, path in beside.items()}
+    overrides = {"bundle_root": os.path.abspath(bundle_root), **dict(args.overrides)}
+    print(
+        f"monai.bundle run {args.run_id}: {', '.join(configs)} (bundle root {overrides['bundle_root']})",
+        file=sys.stderr,
+    )
+    start = time.perf_counter()
+    run(args.run_id, config_file=configs if len(configs) > 1 else configs[0], **files, **overrides)
+    print(f"{args.run_id} finished in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    """``generate``: JSON lines of :class:`~monai_r2gen.inference.ReportInference` results, a summary on stderr."""
+    from monai_r2gen.errors import ModelConfigError
+    from monai_r2gen.inference import ReportInference
+
+    if not (Path(args.model_dir) / "generator.json").is_file():
+        raise ModelConfigError(f"{args.model_dir}: not a report generator directory (no generator.json)")
+    overrides = {"num_beams": args.beam, "max_new_tokens": args.max_new_tokens}
+    generation = {key: value for key, value in overrides.items() if value is not None}
+    engine = ReportInference(
+        args.model_dir,
+        encoder_path=args.encoder_path,
+        llm_path=args.llm_path,
+        device=args.device,
+        batch_size=args.batch_size,
+        on_error="skip",
+    )
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below (stdout is not)
+    else:
+        out = sys.stdout
+    studies = reports = files_skipped = 0
+    start = time.perf_counter()
+    quiet = [] if args.verbose else [logging.getLogger(n) for n in _QUIET_LOGGERS]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        for result in engine.iter_results(args.inputs, generation=generation):
+            out.write(json.dumps(result, ensure_ascii=False) + "\n")
+            out.flush()
+            studies += 1
+            if "report" in result:
+                reports += 1
+                for problem in result["skipped"]:
+                    files_skipped += 1
+                    print(f"skipped {problem['file']}: {problem['reason']}", file=sys.stderr)
+            else:
+                files_skipped += len(result["skipped"])
+                print(f"failed  {result['id']}: {result['error']}", file=sys.stderr)
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+        if out is not sys.stdout:
+            out.close()
+    elapsed = time.perf_counter() - start
+    load = f"model load {engine.load_seconds:.1f} s" if engine.load_seconds is not None else "model not loaded"
+    rows = [
+        ("studies", studies),
+        ("reports", reports),
+        ("failed", studies - reports),
+        ("files skipped", files_skipped),
+        ("seconds", f"{elapsed:.1f} ({load})"),
+    ]
+    if args.output:
+        rows.append(("output", args.output))
+    print("\n".join(f"{name:<14}{value}" for name, value in rows), file=sys.stderr)
+    return 0 if reports else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``monai-r2gen`` command."""
     parser = argparse.ArgumentParser(prog="monai-r2gen", description="Chest X-ray report generation for MONAI.")
@@ -116,6 +232,57 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="exit with status 1 when any item was skipped")
     check.set_defaults(func=_cmd_check_data)
 
+    train = sub.add_parser(
+        "train",
+        help="train with the bundle (monai.bundle run training)",
+        description="Run a bundle run id (default: training) with monai.bundle.run.",
+    )
+    train.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help=f"bundle config file; repeat to merge several (default: {DEFAULT_TRAIN_CONFIG})",
+    )
+    train.add_argument(
+        "--bundle-root", default=None, help="folder for data/, runs/ and models/ (default: the folder holding configs/)"
+    )
+    train.add_argument("--run-id", default="training", help="run id (e.g. train_stage1)")
+    train.add_argument("--meta-file", default=None, help="default: metadata.json beside the config")
+    train.add_argument("--logging-file", default=None, help="default: logging.conf beside the config")
+    train.add_argument(
+        "overrides",
+        nargs="*",
+        type=_override,
+        metavar="key=value",
+        help="config overrides, e.g. device=cpu stage0#max_iterations=10",
+    )
+    train.set_defaults(func=_cmd_train)
+
+    generate = sub.add_parser(
+        "generate",
+        help="write reports (JSON lines) for images, study folders and manifests",
+        description="One JSON line per study: id, Study Instance UID, views used (frontal "
+        "first), report or error, skipped files, generation settings, model name and "
+        "fingerprint, seconds. Exit status 0 when at least one report was written, else 1.",
+    )
+    generate.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by save_pretrained / training")
+    generate.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="DICOM files or study folders, PNG / JPEG / TIFF files, annotation.json / JSONL / CSV",
+    )
+    generate.add_argument("--output", default=None, help="JSONL file (default: standard output)")
+    generate.add_argument("--batch-size", type=_positive_int, default=8, help="studies generated together")
+    generate.add_argument("--beam", type=_positive_int, default=None, help="beam size (default: the model's)")
+    generate.add_argument(
+        "--max-new-tokens", type=_positive_int, default=None, help="longest report in tokens (default: the model's)"
+    )
+    generate.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    generate.add_argument("--encoder-path", default=None, help="base encoder, when the model refers to one")
+    generate.add_argument("--llm-path", default=None, help="base LLM, when the model refers to one")
+    generate.set_defaults(func=_cmd_generate)
+
     evaluate = sub.add_parser("evaluate", help="score predicted reports (NLG + clinical efficacy)")
     evaluate.add_argument("--predictions", required=True, help="JSONL with 'id' and 'report' per line")
     evaluate.add_argument("--references", required=True, help="annotation.json or manifest")
@@ -130,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--chexbert-tokenizer", default=None, help="local BERT tokenizer folder for CheXbert")
     evaluate.add_argument("--radgraph-dir", default=None, help="local RadGraph model folder (optional RadGraph F1)")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    from monai_r2gen.analysis.commands import add_analyze_parser  # argparse only: no heavy import
+
+    add_analyze_parser(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Engines: freeze policies (stages), training and evaluation workflows.
+"""Engines: freeze policies (stages), training and evaluation workflows, handlers and the feature cache.
 
 Names are resolved lazily so that ``import monai_r2gen.engines`` stays cheap.
 """
@@ -13,6 +13,17 @@ _EXPORTS = {
     "get_stage": "monai_r2gen.engines.stages",
     "STAGES": "monai_r2gen.engines.stages",
     "StagePreset": "monai_r2gen.engines.stages",
+    "DEFAULT_STAGES": "monai_r2gen.engines.workflows",
+    "StageSettings": "monai_r2gen.engines.workflows",
+    "ReportTrainingWorkflow": "monai_r2gen.engines.workflows",
+    "ReportEvaluationWorkflow": "monai_r2gen.engines.workflows",
+    "create_stage_trainer": "monai_r2gen.engines.workflows",
+    "create_report_evaluator": "monai_r2gen.engines.workflows",
+    "TrainableState": "monai_r2gen.engines.handlers",
+    "ReportScores": "monai_r2gen.engines.handlers",
+    "ReportWriter": "monai_r2gen.engines.handlers",
+    "FeatureCache": "monai_r2gen.engines.feature_cache",
+    "CachedTokensd": "monai_r2gen.engines.feature_cache",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

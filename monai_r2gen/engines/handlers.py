@@ -106,7 +106,11 @@ class TrainableState:
             missing = sorted(set(self.names) - set(state_dict))
             unexpected = sorted(set(state_dict) - set(self.names))
             if missing or unexpected:
-                raise KeyError(f"trainable-state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+                raise KeyError(
+                    f"trainable-state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}; the checkpoint was "
+                    "written with other trainable parameters (a changed stage preset, LoRA rank or target modules "
+                    "since the interrupted run?): resume with the same stage settings or start a new output_dir"
+                )
         with torch.no_grad():
             for name, value in state_dict.items():
                 if name not in params:

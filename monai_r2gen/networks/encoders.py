@@ -158,6 +158,15 @@ class VisionEncoder(nn.Module):
         self._num_tokens: int | None = None
         self._resize_logged = False
 
+    def train(self, mode: bool = True) -> VisionEncoder:
+        """Set training mode; a frozen encoder (no parameter requiring gradients) stays in eval mode.
+
+        Its normalisation statistics then do not drift while other parts train, so its tokens (and the frozen-encoder
+        feature cache) stay those of the weights it was frozen with.
+        """
+        frozen = mode and not any(p.requires_grad for p in self.parameters())
+        return super().train(False if frozen else mode)
+
     def _channel_tensor(self, values: Sequence[float] | float | None, name: str) -> torch.Tensor:
         if values is None:
             return torch.zeros(0)
@@ -409,8 +418,11 @@ class FeatureMapEncoder(VisionEncoder):
 class SmallCNNEncoder(FeatureMapEncoder):
     """The embedded default's encoder: stages of two MONAI convolution blocks, the first of each with stride 2.
 
-    With the default four stages a 128 px radiograph gives an 8x8 grid of 64 tokens of 256 values. GroupNorm keeps
-    the output of one study independent of the other studies in the batch.
+    With the default four stages a 128 px radiograph gives an 8x8 grid of 64 tokens of 256 values. Batch
+    normalisation: trained from scratch on the phantoms, the same network with GroupNorm stayed at chance for 150
+    iterations where BatchNorm reached a CheXpert micro-F1 of 0.73 in 300 (a pooled 14-label probe, batch 32). In
+    eval mode, and whenever the encoder is frozen (see :meth:`VisionEncoder.train`), each study's tokens depend on
+    that study alone.
 
     Args:
         image_size: input size (default 128).
@@ -439,7 +451,7 @@ class SmallCNNEncoder(FeatureMapEncoder):
         layers: list[nn.Module] = []
         previous = in_channels
         for width in channels:
-            norm = ("GROUP", {"num_groups": math.gcd(8, int(width))})
+            norm = ("BATCH", {})
             layers.append(Convolution(2, previous, width, strides=2, kernel_size=3, act="GELU", norm=norm))
             layers.append(Convolution(2, width, width, strides=1, kernel_size=3, act="GELU", norm=norm))
             previous = width

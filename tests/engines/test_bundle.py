@@ -132,9 +132,13 @@ def test_inference_on_a_dicom_and_a_png(trained_bundle: Path, rg1_uncompressed: 
     _bundle("inference", [CONFIGS / "inference.yaml"], root, "--input_path",
             f"['{inputs / 'dicom_study'}','{inputs / 'frontal.png'}']", "--output_dir", str(out), "--device", "cpu")
     rows = [json.loads(line) for line in (out / "reports.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["dicom_study", "frontal"]
-    assert all(isinstance(r["report"], str) for r in rows)
-    assert (out / "dicom_study.txt").read_text().strip() == rows[0]["report"]
+    import pydicom
+
+    uid = str(pydicom.dcmread(rg1_uncompressed, stop_before_pixels=True).StudyInstanceUID)
+    assert [r["id"] for r in rows] == [uid, "frontal"]  # a DICOM study is named by its Study Instance UID
+    assert all(isinstance(r["report"], str) and r["report"] for r in rows)
+    assert rows[0]["views"] == [str(inputs / "dicom_study" / "view1.dcm")]
+    assert (out / f"{uid}.txt").read_text().strip() == rows[0]["report"]
     assert (out / "frontal.txt").is_file()
 
 

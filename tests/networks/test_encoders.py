@@ -95,12 +95,36 @@ def test_small_cnn_grid_and_positions():
 
 
 def test_encoder_output_independent_of_batch_neighbours():
-    encoder = build_encoder("small_cnn", image_size=IMAGE_SIZE, options={"channels": [8, 16]}).train()
+    encoder = build_encoder("small_cnn", image_size=IMAGE_SIZE, options={"channels": [8, 16]})
     images = torch.rand(3, 1, 1, IMAGE_SIZE, IMAGE_SIZE)
+    encoder.train()
+    with torch.no_grad():
+        encoder(images * 3.0)  # batch statistics of training move the running statistics
+    encoder.eval()
     with torch.no_grad():
         together = encoder(images)
         alone = encoder(images[:1])
     torch.testing.assert_close(together[:1], alone)
+
+
+def test_frozen_encoder_stays_in_eval_mode_and_keeps_its_statistics():
+    encoder = build_encoder("small_cnn", image_size=IMAGE_SIZE, options={"channels": [8, 16]})
+    images = torch.rand(4, 1, 1, IMAGE_SIZE, IMAGE_SIZE)
+    encoder.train()
+    assert encoder.training
+    encoder.requires_grad_(False)
+    encoder.train()  # what a trainer calls every iteration
+    assert not encoder.training and not any(m.training for m in encoder.modules())
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    with torch.no_grad():
+        first = encoder(images)
+        encoder(images * 5.0 + 1.0)
+        second = encoder(images)
+    torch.testing.assert_close(first, second)
+    for key, value in encoder.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    encoder.requires_grad_(True)
+    assert encoder.train().training  # trainable again: training mode (batch statistics) is back
 
 
 def test_monai_densenet_feature_grid_and_weights(tmp_path):

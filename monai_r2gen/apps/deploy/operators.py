@@ -174,15 +174,13 @@ class ReportGenerationOperator(Operator):
         results = []
         for _, study in studies:
             start = time.perf_counter()
-            (result,) = engine([{"id": study.study_id, "image": list(study.paths)}])
+            (result,) = engine([study])
             report = str(result["report"])
-            record = {key: value for key, value in result.items() if key not in ("id", "images")}
+            record = {key: value for key, value in result.items() if key != "id"}
             record.update(
                 {
                     "study_instance_uid": study.study_instance_uid,
                     "study_id": study.study_id,
-                    "views": list(study.paths),
-                    "view_positions": list(study.view_positions),
                     "report": report,
                     "findings": self._labeler.label(report),
                     "model": model_identity(result, self.model_path),

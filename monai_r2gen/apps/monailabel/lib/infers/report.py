@@ -137,28 +137,20 @@ class ReportInferTask(InferTask):
         start = time.perf_counter()
         with self._lock:
             engine = self._engine_locked()
-            defaults = engine.generation
-            engine.generation = {**defaults, **overrides}
             try:
-                (result,) = engine([{"id": study.study_id, "image": list(study.paths)}])
+                (result,) = engine([study], generation=overrides)  # settings per call; the engine is not changed
             except R2GenError as exc:
                 raise _bad_request(str(exc)) from exc
-            finally:
-                engine.generation = defaults
             report = str(result["report"])
             findings = self._labeler.label(report)
-        response = {key: value for key, value in result.items() if key not in ("id", "images")}
+        response = {key: value for key, value in result.items() if key != "id"}
         response.update(
             {
                 "report": report,
                 "findings": findings,
                 "study_id": study.study_id,
-                "study_instance_uid": study.study_instance_uid,
-                "views": list(study.paths),
-                "view_positions": list(study.view_positions),
-                "skipped": [{"file": os.path.basename(p), "reason": r} for p, r in study.errors],
+                "skipped": [{"file": os.path.basename(f["file"]), "reason": f["reason"]} for f in result["skipped"]],
                 "latency": round(time.perf_counter() - start, 3),
             }
         )
         return None, response
-
