@@ -25,6 +25,7 @@ _EXPORTS = {
     "expand_prompt": "monai_r2gen.data.reports",
     "encode_prompt": "monai_r2gen.data.reports",
     "TokenizeReportd": "monai_r2gen.data.reports",
+    "ReportFindingLabelsd": "monai_r2gen.data.reports",
     "DEFAULT_PROMPT": "monai_r2gen.data.reports",
     "IMAGE_TOKEN": "monai_r2gen.data.reports",
     "train_report_tokenizer": "monai_r2gen.data.tokenizer",

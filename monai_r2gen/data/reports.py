@@ -12,6 +12,9 @@ Section extraction reads raw MIMIC-CXR free-text reports (``FINAL REPORT`` banne
 
     [BOS] prompt-before <image> x K prompt-after  report tokens  EOS
     labels: -100 ...................................  report ids   EOS
+
+:class:`ReportFindingLabelsd` adds the report's 14 CheXpert labels (rule-based labeler) as the target of the
+generator's optional finding head.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from monai_r2gen.errors import ReportError
+
+if TYPE_CHECKING:
+    from monai_r2gen.metrics.chexpert import CheXpertLabeler
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -41,6 +47,7 @@ __all__ = [
     "image_token_id",
     "encode_prompt",
     "TokenizeReportd",
+    "ReportFindingLabelsd",
 ]
 
 logger = logging.getLogger(__name__)
@@ -472,4 +479,61 @@ class TokenizeReportd(MapTransform):
             found = True
         if not found:
             d["prompt_ids"] = torch.tensor(self.prompt_ids, dtype=torch.long)
+        return d
+
+
+class ReportFindingLabelsd(MapTransform):
+    """Labels the report with the 14 CheXpert observations, the target of the generator's finding head.
+
+    Runs the rule-based :class:`~monai_r2gen.metrics.chexpert.CheXpertLabeler` (the one the clinical-efficacy
+    metrics use) on the report text and writes a ``float32`` tensor of shape ``(14,)`` in
+    :data:`~monai_r2gen.metrics.chexpert.CHEXPERT_LABELS` order: 1 for a positive mention, 0 otherwise (negative or
+    not mentioned); uncertain mentions count as ``uncertain``.
+
+    Args:
+        keys: the key holding the report string (exactly one key).
+        label_key: where the labels are written.
+        uncertain: ``"negative"`` or ``"positive"``: the value of uncertain mentions.
+        labeler: the labeler (default: the shared instance of :mod:`monai_r2gen.metrics.clinical`).
+        allow_missing_keys: do not fail when the report key is missing (nothing is written).
+
+    Raises:
+        ReportError: at construction: several keys or an unknown ``uncertain``; at call: a report that is not a
+            string.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "report",
+        label_key: str = "finding_labels",
+        uncertain: str = "negative",
+        labeler: CheXpertLabeler | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ReportError(f"ReportFindingLabelsd takes exactly one report key, got {self.keys}")
+        if uncertain not in ("negative", "positive"):
+            raise ReportError(f"uncertain must be 'negative' or 'positive', got {uncertain!r}")
+        if labeler is None:
+            from monai_r2gen.metrics.clinical import _labeler
+
+            labeler = _labeler()
+        self.label_key = label_key
+        self.uncertain = uncertain
+        self.labeler = labeler
+
+    def labels(self, report: str) -> torch.Tensor:
+        """The ``(14,)`` float32 labels of one report."""
+        from monai_r2gen.metrics.clinical import binarize_labels
+
+        if not isinstance(report, str):
+            raise ReportError(f"a report must be a string, got {type(report).__name__}")
+        positive, _ = binarize_labels([self.labeler.label(report)], uncertain=self.uncertain)
+        return torch.as_tensor(positive[0], dtype=torch.float32)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.label_key] = self.labels(d[key])
         return d

@@ -46,7 +46,7 @@ class StagePreset:
     Attributes:
         name: preset name.
         encoder: "frozen", "lora" or "full".
-        projector: whether view fusion and projector train.
+        projector: whether view fusion and projector (and the generator's finding head, if any) train.
         llm: "frozen", "lora" or "full".
         text_only: the stage trains on report text without images (the workflow calls ``forward(images=None)``).
         description: one line for logs and docs.

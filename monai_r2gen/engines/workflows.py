@@ -14,10 +14,10 @@ The freeze policy of each stage (and R2GenGPT's shallow / delta / deep presets) 
 ``training`` run id; :class:`ReportEvaluationWorkflow` the one of ``evaluating``.
 
 Engine contract: ``prepare_batch`` returns ``(images, references, (), {"input_ids", "attention_mask", "labels",
-"view_mask"})`` so MONAI's ``_iteration`` calls ``network(images, **kwargs)`` (``SimpleInferer``) and
-``loss_function(output, references)`` returns ``output.loss``. For validation, :class:`GenerateInferer` calls
-``network.generate(images, view_mask=...)`` so the engine's ``pred`` is a list of report strings and ``label`` the
-reference reports.
+"view_mask"})`` (plus ``"finding_labels"`` when the generator has a finding head) so MONAI's ``_iteration`` calls
+``network(images, **kwargs)`` (``SimpleInferer``) and ``loss_function(output, references)`` returns ``output.loss``.
+For validation, :class:`GenerateInferer` calls ``network.generate(images, view_mask=...)`` so the engine's ``pred`` is
+a list of report strings and ``label`` the reference reports.
 
 Outputs of a training run (``output_dir``)::
 
@@ -247,7 +247,9 @@ class ReportBatchPreparer:
     Returns ``(images, references, (), kwargs)`` so that MONAI's ``_iteration`` calls ``network(images, **kwargs)``
     (or ``inferer(images, network, **kwargs)``):
 
-    - ``"train"``: kwargs ``input_ids``, ``attention_mask``, ``labels``, ``view_mask``;
+    - ``"train"``: kwargs ``input_ids``, ``attention_mask``, ``labels``, ``view_mask``, and ``finding_labels``
+      when the batch holds them (:class:`~monai_r2gen.data.reports.ReportFindingLabelsd`, for the generator's
+      finding head);
     - ``"text"``: the same with ``images=None``: the generator hides the image positions from attention, so the LLM
       learns the report tokens after the text prompt alone (stage 0 warm-up);
     - ``"generate"``: kwargs ``view_mask`` only (validation / inference).
@@ -296,6 +298,8 @@ class ReportBatchPreparer:
         if self.mode != "generate":
             for key in ("input_ids", "attention_mask", "labels"):
                 extra[key] = move(batchdata[key])
+        if self.mode == "train" and batchdata.get("finding_labels") is not None:
+            extra["finding_labels"] = move(torch.as_tensor(batchdata["finding_labels"]))
         return images, references, (), extra
 
 
@@ -648,6 +652,10 @@ class ReportTrainingWorkflow:
 
                 transforms.append(RandRadiographAugmentd(keys="image"))
             transforms.append(self._tokenize_transform())
+        if train and not stage.text_only and getattr(_unwrap(self.network), "finding_head", None) is not None:
+            from monai_r2gen.data.reports import ReportFindingLabelsd
+
+            transforms.append(ReportFindingLabelsd(keys="report"))  # the report is cleaned by ReportDataset
         items = self._manifest_items(split)
         if not train and stage.val_max_studies:
             items = items[: int(stage.val_max_studies)]

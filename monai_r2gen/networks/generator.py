@@ -5,14 +5,19 @@ written over those positions of the LLM's input embeddings with ``masked_scatter
 LLaVA), so batching, left padding and the KV cache work as for text. The loss is the LLM's loss on the report
 tokens only (the labels built by :class:`~monai_r2gen.data.reports.TokenizeReportd` are -100 elsewhere).
 
+Optional auxiliary loss (``GeneratorConfig.finding_head``): a linear head on the encoder tokens, averaged over tokens
+and present views, predicts the 14 CheXpert labels of the training report
+(:class:`~monai_r2gen.data.reports.ReportFindingLabelsd`); its binary cross-entropy, weighted by
+``finding_loss_weight``, is added to the LM loss so that the vision encoder learns the findings.
+
 A model directory written by :meth:`RadiologyReportGenerator.save_pretrained` holds only what a user cannot get
 elsewhere:
 
 - ``generator.json``: the :class:`GeneratorConfig`, the base encoder and LLM it expects (path and fingerprint) and
   what the directory holds;
 - ``tokenizer/``: the tokenizer (with its image token);
-- ``modules.safetensors``: view fusion and projector, plus the encoder when it is not a Hugging Face model and was
-  trained or built from scratch;
+- ``modules.safetensors``: view fusion, projector and the optional finding head, plus the encoder when it is not a
+  Hugging Face model and was trained or built from scratch;
 - ``encoder/`` and ``llm/``: full Hugging Face model directories, written only when the base was built from a config
   (random init, e.g. the embedded tiny default) or was trained in full (stage 0 trains the whole LLM);
 - ``encoder_lora/`` and ``llm_lora/``: LoRA adapters in peft's own format (``PeftModel.from_pretrained`` loads them).
@@ -37,11 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from monai_r2gen.data.reports import DEFAULT_PROMPT, IGNORE_INDEX, IMAGE_TOKEN, encode_prompt
 from monai_r2gen.data.tokenizer import add_image_token
 from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError
+from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
 from monai_r2gen.networks.projectors import FUSION_MODES, PROJECTOR_KINDS, ViewFusion, build_projector
 
@@ -163,6 +170,9 @@ class GeneratorConfig:
         trust_remote_code: allow code shipped in model directories (off by default).
         seed: seed of every random initialisation (encoder, projector, LLM built from scratch).
         generation: default ``generate`` settings (beam size, penalties, token limits), overridable per call.
+        finding_head: add a linear head on the mean encoder token that predicts the 14 CheXpert labels of the report
+            (an auxiliary loss for the vision encoder; off by default).
+        finding_loss_weight: weight of the head's binary cross-entropy added to the LM loss.
     """
 
     encoder: str = "small_cnn"
@@ -200,6 +210,8 @@ class GeneratorConfig:
     trust_remote_code: bool = False
     seed: int = 0
     generation: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_GENERATION))
+    finding_head: bool = False
+    finding_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -211,6 +223,7 @@ class GeneratorConfig:
             (self.llm_path is not None or bool(self.llm_options.get("model_type")),
              "give llm_path or llm_options with a model_type"),
             ((self.image_mean is None) == (self.image_std is None), "image_mean and image_std go together"),
+            (self.finding_loss_weight >= 0, "finding_loss_weight must be >= 0"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -453,6 +466,11 @@ class RadiologyReportGenerator(nn.Module):
         if vocab < len(tokenizer):
             raise ModelConfigError(f"the LLM has {vocab} token embeddings for a tokenizer of {len(tokenizer)} tokens")
         self._num_image_tokens = int(projector.num_outputs(fusion.output_tokens(encoder.num_tokens)))
+        self.finding_head: nn.Linear | None = None
+        if config.finding_head:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                self.finding_head = nn.Linear(encoder.out_dim, len(CHEXPERT_LABELS))
         self.bases = bases or {}
         self.trained: set[str] = set()  # components whose full weights were trained ("encoder", "llm")
 
@@ -544,11 +562,11 @@ class RadiologyReportGenerator(nn.Module):
         return _is_peft(getattr(self.encoder, self.encoder_backbone_name))
 
     def component_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Named parameters grouped by component: "encoder", "projector" (with view fusion), "llm"."""
+        """Named parameters grouped by component: "encoder", "projector" (with view fusion and finding head), "llm"."""
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {"encoder": [], "projector": [], "llm": []}
         for name, param in self.named_parameters():
             part = name.split(".", 1)[0]
-            groups["projector" if part in ("fusion", "projector") else part].append((name, param))
+            groups["projector" if part in ("fusion", "projector", "finding_head") else part].append((name, param))
         return groups
 
     # ------------------------------------------------------------------------------------------------------------
@@ -625,6 +643,33 @@ class RadiologyReportGenerator(nn.Module):
     # forward
     # ------------------------------------------------------------------------------------------------------------
 
+    def encode_views(self, images: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder tokens ``(B, V, N, D)`` of ``(B, V, C, H, W)`` views (no graph kept when the encoder is frozen)."""
+        if any(p.requires_grad for p in self.encoder.parameters()):
+            return self.encoder(images, view_mask)
+        with torch.no_grad():  # frozen encoder: no activations kept for backward
+            return self.encoder(images, view_mask)
+
+    def finding_logits(self, visual_tokens: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Finding head logits ``(B, 14)`` (:data:`~monai_r2gen.metrics.chexpert.CHEXPERT_LABELS` order).
+
+        Args:
+            visual_tokens: encoder output ``(B, V, N, D)``, averaged over tokens and present views.
+            view_mask: ``(B, V)`` bool, True for real views (None: all).
+
+        Raises:
+            ModelConfigError: the model has no finding head.
+        """
+        if self.finding_head is None:
+            raise ModelConfigError("this model has no finding head (GeneratorConfig.finding_head=False)")
+        per_view = visual_tokens.float().mean(dim=2)
+        if view_mask is None:
+            pooled = per_view.mean(dim=1)
+        else:
+            weights = view_mask.to(device=per_view.device, dtype=per_view.dtype).unsqueeze(-1)
+            pooled = (per_view * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return self.finding_head(pooled)
+
     def encode_images(
         self,
         images: torch.Tensor | None = None,
@@ -645,11 +690,7 @@ class RadiologyReportGenerator(nn.Module):
         if visual_tokens is None:
             if images is None:
                 raise ValueError("give images or visual_tokens")
-            if any(p.requires_grad for p in self.encoder.parameters()):
-                visual_tokens = self.encoder(images, view_mask)
-            else:  # frozen encoder: no activations kept for backward
-                with torch.no_grad():
-                    visual_tokens = self.encoder(images, view_mask)
+            visual_tokens = self.encode_views(images, view_mask)
         fused, token_mask = self.fusion(visual_tokens.float(), view_mask)
         return self.projector(fused, token_mask)
 
@@ -701,6 +742,7 @@ class RadiologyReportGenerator(nn.Module):
         labels: torch.Tensor | None = None,
         view_mask: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
+        finding_labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run the LLM on prompt + report with the visual prompts spliced in.
@@ -712,18 +754,26 @@ class RadiologyReportGenerator(nn.Module):
             labels: ``(B, L)``, -100 on prompt, image and padding positions.
             view_mask: ``(B, V)`` bool.
             visual_tokens: precomputed encoder tokens instead of ``images``.
+            finding_labels: ``(B, 14)`` binary CheXpert labels of the reports
+                (:class:`~monai_r2gen.data.reports.ReportFindingLabelsd`); with a finding head and images, ``.loss``
+                becomes ``lm_loss + finding_loss_weight * finding_loss``. Ignored without a head or without images.
             **kwargs: passed to the LLM.
 
         Returns:
-            The LLM's ``CausalLMOutputWithPast`` (``.loss`` when labels are given, ``.logits``).
+            The LLM's ``CausalLMOutputWithPast`` (``.loss`` when labels are given, ``.logits``); with the auxiliary
+            loss it also holds ``lm_loss``, ``finding_loss`` and ``finding_logits``.
         """
         if input_ids is None:
             raise ValueError("input_ids are required")
         if labels is not None and bool((labels[input_ids == self.image_token_id] != IGNORE_INDEX).any()):
             raise ValueError("labels must be -100 on image token positions")
+        aux = finding_labels is not None and self.finding_head is not None
+        if aux and visual_tokens is None and images is not None:  # encode once, for the prompts and the head
+            visual_tokens, images = self.encode_views(images, view_mask), None
+        aux = aux and visual_tokens is not None  # text-only batches have no findings to predict
         embeds, attention_mask = self.prepare_inputs_embeds(input_ids, attention_mask, images, view_mask, visual_tokens)
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-        return self.llm(
+        output = self.llm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -731,6 +781,16 @@ class RadiologyReportGenerator(nn.Module):
             return_dict=True,
             **kwargs,
         )
+        if aux:
+            logits = self.finding_logits(visual_tokens, view_mask)
+            finding_loss = F.binary_cross_entropy_with_logits(logits, finding_labels.to(logits))
+            lm_loss = output.loss
+            aux_loss = self.config.finding_loss_weight * finding_loss
+            output["loss"] = aux_loss if lm_loss is None else lm_loss + aux_loss.to(lm_loss.dtype)
+            output["lm_loss"] = lm_loss
+            output["finding_loss"] = finding_loss
+            output["finding_logits"] = logits
+        return output
 
     # ------------------------------------------------------------------------------------------------------------
     # generation
@@ -851,6 +911,8 @@ class RadiologyReportGenerator(nn.Module):
         modules: dict[str, torch.Tensor] = {}
         modules.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
         modules.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
+        if self.finding_head is not None:
+            modules.update({f"finding_head.{k}": v for k, v in self.finding_head.state_dict().items()})
 
         # encoder
         attr = self.encoder_backbone_name
@@ -973,6 +1035,8 @@ class RadiologyReportGenerator(nn.Module):
             _load_prefixed(encoder, modules, "encoder.", root / MODULES_NAME)
 
         model = cls(config, encoder, fusion, projector, llm, tokenizer, bases)
+        if model.finding_head is not None:
+            _load_prefixed(model.finding_head, modules, "finding_head.", root / MODULES_NAME)
         model.trained = set(meta.get("trained", []))
         if model.num_image_tokens != meta.get("num_image_tokens", model.num_image_tokens):
             raise CheckpointMismatchError(f"{root}: the rebuilt model gives {model.num_image_tokens} visual prompts, "

@@ -17,7 +17,7 @@ SETUP_TIMEOUT = 20 * 60  # a fresh venv takes 1-3 min here; allow for a slow mir
 
 def _venv(env_var: str, default: str, script: str) -> Path:
     """The venv named by ``env_var`` (default ``<repo>/<default>``), created or checked by its setup script."""
-    path = Path(os.environ.get(env_var) or REPO / default)
+    path = Path(os.environ.get(env_var) or REPO / default).resolve()  # absolute: the apps run in other folders
     start = time.perf_counter()
     done = subprocess.run(["bash", str(REPO / "scripts" / script), str(path)], capture_output=True, text=True,
                           timeout=SETUP_TIMEOUT)  # fmt: skip

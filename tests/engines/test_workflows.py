@@ -25,6 +25,7 @@ from monai_r2gen.engines.workflows import (
     StageSettings,
     latest_checkpoint,
 )
+from monai_r2gen.networks.generator import RadiologyReportGenerator
 
 # a tiny model: 64 px small CNN, K = 4 prompts, a one-layer Llama of width 64
 TINY_NETWORK = {
@@ -94,6 +95,12 @@ def test_batch_preparer_modes() -> None:
 
     images, _, _, kwargs = ReportBatchPreparer("generate")(_batch(), "cpu")
     assert images.shape[0] == 2 and set(kwargs) == {"view_mask"}
+
+    labelled = {**_batch(), "finding_labels": torch.zeros(2, 14)}
+    _, _, _, kwargs = ReportBatchPreparer("train")(labelled, "cpu")
+    assert kwargs["finding_labels"].shape == (2, 14)
+    for mode in ("text", "generate"):
+        assert "finding_labels" not in ReportBatchPreparer(mode)(labelled, "cpu")[3]
 
     cached = {**_batch(), "image_tokens": torch.rand(2, 2, 16, 32)}
     del cached["image"]
@@ -271,3 +278,20 @@ def test_stages_hand_over_and_completed_stages_are_skipped(tiny_data: Path, tmp_
     restored = _trainable(again)
     for name, value in final.items():
         torch.testing.assert_close(restored[name], value)
+
+
+@pytest.mark.slow
+def test_finding_head_trains_on_report_labels(tiny_data: Path, tmp_path: Path) -> None:
+    # stage 1 with a frozen encoder: the head learns from cached encoder tokens and the labels of the reports
+    stages = [{"name": "stage1", "batch_size": 8, "max_iterations": 3, "lr": 1e-2, "validate": False}]
+    workflow = ReportTrainingWorkflow(
+        {**TINY_NETWORK, "finding_head": True}, dataset_dir=tiny_data, output_dir=tmp_path / "run", stages=stages,
+        tensorboard=False, seed=7,
+    )  # fmt: skip
+    network = workflow.build_network()
+    before = network.finding_head.weight.detach().clone()
+    result = workflow.run()
+    assert result["complete"] and result["stages"]["stage1"]["feature_cache"]["hits"] > 0
+    assert not torch.allclose(network.finding_head.weight, before)
+    loaded = RadiologyReportGenerator.from_pretrained(tmp_path / "run" / "model")
+    torch.testing.assert_close(loaded.finding_head.weight, network.finding_head.weight)

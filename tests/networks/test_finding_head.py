@@ -1,0 +1,117 @@
+"""The optional finding head of RadiologyReportGenerator: auxiliary CheXpert BCE added to the LM loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_r2gen.data.reports import ReportFindingLabelsd
+from monai_r2gen.engines.stages import apply_stage
+from monai_r2gen.errors import ModelConfigError
+from monai_r2gen.networks.generator import RadiologyReportGenerator
+
+from .test_generator import _batch
+
+
+def _labelled_batch(model, reports, views=(1, 2, 2)):
+    batch, _ = _batch(model, reports[: len(views)], views=list(views), max_length=200)
+    labeler = ReportFindingLabelsd()
+    batch["finding_labels"] = torch.stack([labeler({"report": r})["finding_labels"] for r in reports[: len(views)]])
+    return batch
+
+
+def _forward(model, batch, **kwargs):
+    return model(batch["image"], batch["input_ids"], batch["attention_mask"], batch["labels"], batch["view_mask"],
+                 **kwargs)  # fmt: skip
+
+
+def test_loss_is_lm_plus_weighted_bce_and_gradients_reach_encoder_and_head(make_model, reports):
+    model = make_model(finding_head=True, finding_loss_weight=0.5)
+    assert model.finding_head is not None and model.finding_head.out_features == 14
+    assert any(name.startswith("finding_head.") for name, _ in model.component_parameters()["projector"])
+    apply_stage(model, "deep")  # encoder + projector (and head) train
+    batch = _labelled_batch(model, reports)
+    assert batch["finding_labels"].sum() > 0
+
+    out = _forward(model, batch, finding_labels=batch["finding_labels"])
+    lm = _forward(model, batch).loss
+    with torch.no_grad():  # the head by hand: mean over tokens, then over the present views
+        tokens = model.encoder(batch["image"], batch["view_mask"]).mean(dim=2)
+        mask = batch["view_mask"].float().unsqueeze(-1)
+        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1)
+        bce = F.binary_cross_entropy_with_logits(model.finding_head(pooled), batch["finding_labels"])
+    torch.testing.assert_close(out.lm_loss, lm)
+    torch.testing.assert_close(out.finding_loss, bce)
+    torch.testing.assert_close(out.loss, lm + 0.5 * bce)
+    assert out["loss"] is out.loss and out.finding_logits.shape == (3, 14)
+
+    model.zero_grad()
+    out.loss.backward()
+    for prefix in ("finding_head.", "encoder.", "projector."):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix) and p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), prefix
+
+
+def test_encoder_runs_once_and_cached_tokens_train_the_head(make_model, reports):
+    model = make_model(finding_head=True)
+    apply_stage(model, "stage1")  # frozen encoder: the head trains with the projector
+    batch = _labelled_batch(model, reports)
+    calls = []
+    handle = model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    out = _forward(model, batch, finding_labels=batch["finding_labels"])
+    handle.remove()
+    assert len(calls) == 1
+
+    with torch.no_grad():
+        tokens = model.encoder(batch["image"], batch["view_mask"])
+    cached = model(None, batch["input_ids"], batch["attention_mask"], batch["labels"], batch["view_mask"],
+                   visual_tokens=tokens, finding_labels=batch["finding_labels"])  # fmt: skip
+    torch.testing.assert_close(cached.loss, out.loss)
+    cached.loss.backward()
+    assert model.finding_head.weight.grad is not None and model.finding_head.weight.grad.abs().sum() > 0
+
+
+def test_finding_labels_ignored_without_head_or_images(make_model, reports):
+    model = make_model()
+    assert model.finding_head is None
+    batch = _labelled_batch(model, reports)
+    plain = _forward(model, batch)
+    out = _forward(model, batch, finding_labels=batch["finding_labels"])
+    torch.testing.assert_close(out.loss, plain.loss)
+    assert "finding_loss" not in out and getattr(out, "finding_loss", None) is None
+    with pytest.raises(ModelConfigError, match="no finding head"):
+        model.finding_logits(torch.zeros(1, 1, 4, 16))
+
+    headed = make_model(finding_head=True)
+    text_batch = (None, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    text = headed(*text_batch, finding_labels=batch["finding_labels"])
+    torch.testing.assert_close(text.loss, headed(*text_batch).loss)
+    assert "finding_loss" not in text
+
+
+def test_head_round_trips_through_save_and_load(make_model, reports, tmp_path):
+    model = make_model(finding_head=True, finding_loss_weight=0.25)
+    with torch.no_grad():
+        model.finding_head.weight.normal_()
+    model.save_pretrained(tmp_path / "m")
+    loaded = RadiologyReportGenerator.from_pretrained(tmp_path / "m")
+    assert loaded.config.finding_head and loaded.config.finding_loss_weight == 0.25
+    for name, value in model.finding_head.state_dict().items():
+        torch.testing.assert_close(loaded.finding_head.state_dict()[name], value)
+    batch = _labelled_batch(model, reports)
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(_forward(loaded, batch, finding_labels=batch["finding_labels"]).loss,
+                                   _forward(model, batch, finding_labels=batch["finding_labels"]).loss)  # fmt: skip
+
+    # a model saved without the head loads without one
+    plain = make_model()
+    plain.save_pretrained(tmp_path / "plain")
+    assert RadiologyReportGenerator.from_pretrained(tmp_path / "plain").finding_head is None
+
+
+def test_negative_weight_is_rejected(make_model):
+    with pytest.raises(ModelConfigError, match="finding_loss_weight"):
+        make_model(finding_head=True, finding_loss_weight=-1.0)
