@@ -77,6 +77,21 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_ablation_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``analyze ablation`` (also those of ``benchmarks/ablation.py``)."""
+    parser.add_argument("--data", required=True, help="synthetic data set folder (generated when empty)")
+    parser.add_argument("--out", required=True, help="output folder (one run per variant and seed + tables)")
+    parser.add_argument("--variants", type=_str_list, default=None, help="comma-separated subset (default: all)")
+    parser.add_argument("--seeds", type=_int_list, default=[0, 1], help="comma-separated seeds")
+    parser.add_argument("--iterations", type=int, default=780, help="total iterations per run, shared by stages")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--n-studies", type=int, default=2000, help="studies of a generated data set")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--eval-max-studies", type=int, default=None, help="score the first N test studies")
+    parser.add_argument("--device", default=None)
+    return parser
+
+
 def _common(parser: argparse.ArgumentParser, max_studies: int) -> None:
     parser.add_argument("--model", default="embedded",
                         help="model directory (save_pretrained) or 'embedded' (the embedded default, random weights)")
@@ -114,15 +129,6 @@ def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
     attention.set_defaults(func=cmd_attention)
 
     ablation = sub.add_parser("ablation", help="train + score the protocol's variants at one iteration budget")
-    ablation.add_argument("--data", required=True, help="synthetic data set folder (generated when empty)")
-    ablation.add_argument("--out", required=True, help="output folder (one run per variant and seed + tables)")
-    ablation.add_argument("--variants", type=_str_list, default=None, help="comma-separated subset (default: all)")
-    ablation.add_argument("--seeds", type=_int_list, default=[0, 1], help="comma-separated seeds")
-    ablation.add_argument("--iterations", type=int, default=780, help="total iterations per run, shared by stages")
-    ablation.add_argument("--batch-size", type=int, default=32)
-    ablation.add_argument("--n-studies", type=int, default=2000, help="studies of a generated data set")
-    ablation.add_argument("--image-size", type=int, default=128)
-    ablation.add_argument("--eval-max-studies", type=int, default=None, help="score the first N test studies")
-    ablation.add_argument("--device", default=None)
+    add_ablation_arguments(ablation)
     ablation.set_defaults(func=cmd_ablation)
     return analyze
