@@ -16,7 +16,7 @@ import argparse
 import os
 import time
 
-from monai_r2gen.analysis.commands import add_ablation_arguments, cmd_ablation
+from monai_r2gen.analysis.cli import add_ablation_arguments, cmd_ablation
 
 
 def build_parser() -> argparse.ArgumentParser:

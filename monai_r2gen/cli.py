@@ -6,9 +6,9 @@ Subcommands:
     train        run the bundle's ``training`` (or another run id) with ``key=value`` overrides
     generate     write one report per study (JSON lines) for DICOM / PNG / JPEG files, study folders and manifests
     evaluate     score predicted reports against references (NLG + clinical efficacy)
-    analyze      soft-prompt, attention and ablation analyses (:mod:`monai_r2gen.analysis.commands`)
+    analyze      soft-prompt, attention and ablation analyses (:mod:`monai_r2gen.analysis.cli`)
 
-Library code logs; this module (with ``analysis.commands``) is the one place that prints for people. Heavy modules
+Library code logs; this module (with ``analysis.cli``) is the one place that prints for people. Heavy modules
 (torch, MONAI, transformers) are imported by the handlers only, so ``monai-r2gen --help`` stays fast.
 """
 
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--radgraph-dir", default=None, help="local RadGraph model folder (optional RadGraph F1)")
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    from monai_r2gen.analysis.commands import add_analyze_parser  # argparse only: no heavy import
+    from monai_r2gen.analysis.cli import add_analyze_parser  # argparse only: no heavy import
 
     add_analyze_parser(sub)
     return parser

@@ -1,7 +1,7 @@
 """Analyses of soft visual prompts and attention, and the training protocol's ablation.
 
 Names are resolved lazily so that ``import monai_r2gen.analysis`` stays cheap. The command-line glue is in
-:mod:`monai_r2gen.analysis.commands` (``monai-r2gen analyze ...``).
+:mod:`monai_r2gen.analysis.cli` (``monai-r2gen analyze ...``).
 """
 
 from __future__ import annotations

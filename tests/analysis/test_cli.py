@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from monai_r2gen.analysis.commands import add_analyze_parser, cmd_ablation, cmd_attention, cmd_prompts
+from monai_r2gen.analysis.cli import add_analyze_parser, cmd_ablation, cmd_attention, cmd_prompts
 
 
 def _parser() -> argparse.ArgumentParser:
