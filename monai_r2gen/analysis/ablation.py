@@ -12,10 +12,13 @@ Variants (stage lists for :class:`~monai_r2gen.engines.workflows.ReportTrainingW
                             presets get the same stage-0 warm-up as the protocol)
 ==========================  ==============================================================================
 
-Every variant gets the same total number of iterations (``total_iterations``, default 780: the bundle's
-130 + 200 + 450) at the same batch size, split in the bundle's proportions; budgets are counted in iterations, not
-seconds, so runs compare across machines. Each variant is trained from scratch (same data set, same seed for the
-model initialisation) for every seed, then scored on the test split: CheXpert-14 micro / macro F1, BLEU-4, CIDEr.
+Every variant gets the same number of iterations in stages 0-2 (``total_iterations``, default 360: the bundle's
+120 + 40 + 200) at the same batch size, split in the bundle's proportions; budgets are counted in iterations, not
+seconds, so runs compare across machines. Every variant starts with the same encoder warm-up
+(``warmup_iterations``, default the bundle's 600; it trains the CNN and the finding head without running the LLM,
+so it is not part of the protocol under test). Each variant is trained from scratch (same data set, same seed for
+the model initialisation) for every seed, then scored on the test split: CheXpert-14 micro / macro F1, BLEU-4, CIDEr.
+The stage settings below are those of ``bundle/configs/train.yaml``.
 """
 
 from __future__ import annotations
@@ -34,41 +37,45 @@ __all__ = ["ABLATION_VARIANTS", "ABLATION_METRICS", "variant_stages", "run_ablat
 
 logger = logging.getLogger(__name__)
 
-#: the embedded default's stage settings (bundle/configs/train.yaml) and their share of the total budget
+_LORA = {"r": 16, "alpha": 32, "dropout": 0.0,
+         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}  # fmt: skip
+#: the embedded default's stage settings (bundle/configs/train.yaml)
 _BASE_STAGES: dict[str, dict[str, Any]] = {
-    "stage0": {"name": "stage0", "text_only": True, "validate": False, "lr": 2e-3, "warmup_steps": 10,
-               "end_lr": 1e-4},
-    "stage1": {"name": "stage1", "train_encoder": True, "lr": 1e-3, "warmup_steps": 10, "end_lr": 5e-5},
-    "stage2": {"name": "stage2", "train_encoder": True, "lr": 1e-3, "warmup_steps": 20, "end_lr": 5e-5,
-               "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
+    "encoder_warmup": {"name": "encoder_warmup", "validate": False, "lr": 3e-3, "warmup_steps": 20, "end_lr": 1e-5},
+    "stage0": {"name": "stage0", "text_only": True, "train_encoder": True, "validate": False, "lr": 3e-3,
+               "warmup_steps": 10, "end_lr": 1e-4},
+    "stage1": {"name": "stage1", "train_encoder": True, "lr": 3e-3, "warmup_steps": 5, "end_lr": 1e-4},
+    "stage2": {"name": "stage2", "train_encoder": True, "lr": 3e-3, "warmup_steps": 10, "end_lr": 1e-4,
+               "lora": _LORA},
 }  # fmt: skip
-_R2GENGPT = {"name": None, "lr": 1e-3, "warmup_steps": 20, "end_lr": 5e-5}
+_R2GENGPT = {"name": None, "lr": 3e-3, "warmup_steps": 10, "end_lr": 1e-4}
 
 #: variant name -> (stage, overrides, budget weight) triples
 ABLATION_VARIANTS: dict[str, list[tuple[str, dict[str, Any], int]]] = {
-    "full": [("stage0", {}, 130), ("stage1", {}, 200), ("stage2", {}, 450)],
-    "no_stage1": [("stage0", {}, 130), ("stage2", {}, 650)],
-    "no_stage0": [("stage1", {}, 240), ("stage2", {}, 540)],
-    "frozen_encoder_stage1": [("stage0", {}, 130), ("stage1", {"train_encoder": False}, 200), ("stage2", {}, 450)],
-    "shallow": [("stage0", {}, 130), ("shallow", {}, 650)],
-    "delta": [("stage0", {}, 130), ("delta", {}, 650)],
-    "deep": [("stage0", {}, 130), ("deep", {}, 650)],
+    "full": [("stage0", {}, 120), ("stage1", {}, 40), ("stage2", {}, 200)],
+    "no_stage1": [("stage0", {}, 120), ("stage2", {}, 240)],
+    "no_stage0": [("stage1", {}, 60), ("stage2", {}, 300)],
+    "frozen_encoder_stage1": [("stage0", {}, 120), ("stage1", {"train_encoder": False}, 40), ("stage2", {}, 200)],
+    "shallow": [("stage0", {}, 120), ("shallow", {}, 240)],
+    "delta": [("stage0", {}, 120), ("delta", {}, 240)],
+    "deep": [("stage0", {}, 120), ("deep", {}, 240)],
 }
 
 #: scores reported per run (keys of ReportEvaluationWorkflow's "scores")
 ABLATION_METRICS = ("CE-14 micro-F1", "CE-14 macro-F1", "BLEU-4", "CIDEr")
 
 
-def variant_stages(variant: str, total_iterations: int = 780, batch_size: int = 32,
-                   validate: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    """Stage settings of a variant, its stages' iterations summing to ``total_iterations``.
+def variant_stages(variant: str, total_iterations: int = 360, batch_size: int = 32, validate: bool = False,
+                   warmup_iterations: int = 600) -> list[dict[str, Any]]:  # fmt: skip
+    """Stage settings of a variant: the encoder warm-up, then stages whose iterations sum to ``total_iterations``.
 
     Args:
         variant: a key of :data:`ABLATION_VARIANTS`.
-        total_iterations: the budget shared by the stages.
+        total_iterations: the budget shared by stages 0-2 (or the variant's stages in their place).
         batch_size: training batch size of every stage.
         validate: validate during training (off by default: every variant hands over its last weights, so the
             budget is exactly the same).
+        warmup_iterations: iterations of the encoder warm-up that precedes every variant (0: none).
 
     Raises:
         ValueError: unknown variant or a budget too small to give every stage an iteration.
@@ -82,6 +89,10 @@ def variant_stages(variant: str, total_iterations: int = 780, batch_size: int = 
     counts = [max(1, round(total_iterations * w / weights)) for _, _, w in plan]
     counts[-1] = total_iterations - sum(counts[:-1])  # exact total
     stages = []
+    if warmup_iterations > 0:
+        warmup = copy.deepcopy(_BASE_STAGES["encoder_warmup"])
+        warmup.update({"max_iterations": int(warmup_iterations), "batch_size": int(batch_size), "handover": "last"})
+        stages.append(warmup)
     for (name, overrides, _), iterations in zip(plan, counts):
         base = copy.deepcopy(_BASE_STAGES.get(name, {**_R2GENGPT, "name": name, "preset": name}))
         base.update(copy.deepcopy(overrides))
@@ -98,7 +109,8 @@ def run_ablation(
     *,
     variants: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1),
-    total_iterations: int = 780,
+    total_iterations: int = 360,
+    warmup_iterations: int = 600,
     batch_size: int = 32,
     n_studies: int = 2000,
     image_size: int = 128,
@@ -115,7 +127,8 @@ def run_ablation(
         out_dir: one sub-folder per variant and seed, plus the tables.
         variants: subset of :data:`ABLATION_VARIANTS` (default: all).
         seeds: training seeds.
-        total_iterations: iterations per run, shared by its stages.
+        total_iterations: iterations per run, shared by its stages 0-2.
+        warmup_iterations: encoder warm-up iterations before every variant (0: none).
         batch_size: batch size of every stage.
         n_studies: studies of a generated data set.
         image_size: view size.
@@ -147,7 +160,8 @@ def run_ablation(
             start = time.perf_counter()
             workflow = ReportTrainingWorkflow(
                 network=config, dataset_dir=dataset_dir, output_dir=run_dir / "train", model_dir=run_dir / "model",
-                stages=variant_stages(name, total_iterations, batch_size), image_size=image_size,
+                stages=variant_stages(name, total_iterations, batch_size, warmup_iterations=warmup_iterations),
+                image_size=image_size,
                 synthetic={"n_studies": n_studies, "seed": 0, "image_size": image_size}, seed=int(seed),
                 tensorboard=False, device=device,
             )  # fmt: skip
@@ -162,7 +176,8 @@ def run_ablation(
             logger.info("ablation %s seed %d: %s", name, seed, {k: result["scores"].get(k) for k in ABLATION_METRICS})
             runs.append({"variant": name, "seed": int(seed), "scores": result["scores"],
                          "seconds": round(train_seconds, 1)})  # fmt: skip
-    settings = {"total_iterations": total_iterations, "batch_size": batch_size, "seeds": list(seeds),
+    settings = {"total_iterations": total_iterations, "warmup_iterations": warmup_iterations,
+                "batch_size": batch_size, "seeds": list(seeds),
                 "n_studies": n_studies, "image_size": image_size, "eval_max_studies": eval_max_studies}  # fmt: skip
     table = ablation_table(runs)
     out.mkdir(parents=True, exist_ok=True)

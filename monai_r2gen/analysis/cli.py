@@ -69,7 +69,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
     result = run_ablation(
         args.data, args.out, variants=args.variants, seeds=args.seeds, total_iterations=args.iterations,
-        batch_size=args.batch_size, n_studies=args.n_studies, image_size=args.image_size,
+        warmup_iterations=args.warmup_iterations, batch_size=args.batch_size, n_studies=args.n_studies,
+        image_size=args.image_size,
         eval_max_studies=args.eval_max_studies, device=args.device,
     )  # fmt: skip
     print(result["table"])
@@ -83,7 +84,8 @@ def add_ablation_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--out", required=True, help="output folder (one run per variant and seed + tables)")
     parser.add_argument("--variants", type=_str_list, default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--seeds", type=_int_list, default=[0, 1], help="comma-separated seeds")
-    parser.add_argument("--iterations", type=int, default=780, help="total iterations per run, shared by stages")
+    parser.add_argument("--iterations", type=int, default=360, help="iterations per run shared by stages 0-2")
+    parser.add_argument("--warmup-iterations", type=int, default=600, help="encoder warm-up before every variant")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--n-studies", type=int, default=2000, help="studies of a generated data set")
     parser.add_argument("--image-size", type=int, default=128)

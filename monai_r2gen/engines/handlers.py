@@ -64,11 +64,13 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 
 class TrainableState:
-    """State-dict view of a module restricted to its trainable parameters.
+    """State-dict view of a module restricted to its trainable parameters (and the buffers that go with them).
 
     ``CheckpointSaver`` / ``CheckpointLoader`` call ``state_dict()`` / ``load_state_dict()`` on it: checkpoints then
     hold only what the current stage trains (projector, LoRA weights, unfrozen encoder ...), which keeps them small
-    with a multi-billion-parameter LLM, and load back with ``torch.load(weights_only=True)``.
+    with a multi-billion-parameter LLM, and load back with ``torch.load(weights_only=True)``. The persistent buffers of
+    every module with a trainable parameter of its own (batch-norm running statistics) are part of the view: weights
+    restored without their statistics would be evaluated with the wrong normalisation.
 
     Args:
         module: the model (a DDP wrapper is looked through).
@@ -84,11 +86,22 @@ class TrainableState:
         missing = [n for n in self.names if n not in known]
         if missing:
             raise KeyError(f"parameters not found in the model: {missing[:5]}")
+        wanted = set(self.names)
+        self.buffer_names: list[str] = []
+        for prefix, sub in self.module.named_modules():
+            own = [f"{prefix}.{n}" if prefix else n for n, _ in sub.named_parameters(recurse=False)]
+            if any(n in wanted for n in own):
+                transient = sub._non_persistent_buffers_set
+                persistent = [n for n, _ in sub.named_buffers(recurse=False) if n not in transient]
+                self.buffer_names += [f"{prefix}.{n}" if prefix else n for n in persistent]
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The trainable tensors, detached, on their current device."""
-        params = dict(self.module.named_parameters())
-        return {n: params[n].detach().clone() for n in self.names}
+        """The trainable tensors and their modules' buffers, detached, on their current device."""
+        tensors = self._tensors()
+        return {n: tensors[n].detach().clone() for n in self.names + self.buffer_names}
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> None:
         """Copy tensors into the matching parameters.
@@ -101,10 +114,10 @@ class TrainableState:
             KeyError: with ``strict`` when names differ.
             ValueError: when a shape differs.
         """
-        params = dict(self.module.named_parameters())
+        params = self._tensors()
         if strict:
             missing = sorted(set(self.names) - set(state_dict))
-            unexpected = sorted(set(state_dict) - set(self.names))
+            unexpected = sorted(set(state_dict) - set(self.names) - set(self.buffer_names))
             if missing or unexpected:
                 raise KeyError(
                     f"trainable-state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}; the checkpoint was "

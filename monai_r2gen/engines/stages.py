@@ -2,22 +2,33 @@
 
 Named presets (:data:`STAGES`):
 
-========  ===================  =========  ===================  =========
-preset    encoder              projector  LLM                  images
-========  ===================  =========  ===================  =========
-stage0    frozen               frozen     all weights          no (text)
-stage1    frozen (option)      trained    frozen               yes
-stage2    frozen (option)      trained    LoRA                 yes
-shallow   frozen               trained    frozen               yes
-delta     LoRA                 trained    frozen               yes
-deep      all weights          trained    frozen               yes
-========  ===================  =========  ===================  =========
+==============  ===================  =========  ===================  ==========
+preset          encoder              projector  LLM                  images
+==============  ===================  =========  ===================  ==========
+encoder_warmup  all weights          frozen     not run              yes
+stage0          frozen               frozen     all weights          no (text)
+stage1          frozen (option)      trained    frozen               yes
+stage2          frozen (option)      trained    LoRA                 yes
+shallow         frozen               trained    frozen               yes
+delta           LoRA                 trained    frozen               yes
+deep            all weights          trained    frozen               yes
+==============  ===================  =========  ===================  ==========
+
+``encoder_warmup`` trains a randomly initialised encoder and the generator's finding head on the finding labels of
+the training reports alone (binary cross-entropy; the LLM is not run, so an iteration costs only the encoder's
+forward and backward pass): the embedded default's CNN needs a few hundred such iterations before its features carry
+the findings, and these are ~5x cheaper than iterations that also run the LLM.
 
 ``stage0`` warms the language model up on report text alone: the embedded default's tiny LLM starts from random
 weights, and peft's ``get_peft_model`` freezes every base weight (embeddings and LM head included), so LoRA alone
 could never teach it the language. ``shallow`` / ``delta`` / ``deep`` are R2GenGPT's settings (its ``freeze_vm``,
 ``vis_use_lora`` and ``llm_use_lora=False``): the LLM stays frozen in all three; "delta" puts LoRA on the vision
 encoder's attention query / value projections.
+
+A generator with a finding head (``GeneratorConfig.finding_head``) trains the head wherever the projector or the
+encoder trains: ``stage0`` with ``train_encoder`` warms the LLM up on the report text and, side by side, the encoder
+and head on the finding labels of the same reports; with finding prompts, those labels fill the prompts in stage 0
+(teacher forcing), so the LLM learns to read them while it learns the language.
 
 :func:`apply_stage` sets ``requires_grad`` on every parameter explicitly (modules outside a peft wrapper are not
 touched by peft) and records on the model which parts were trained in full, so that ``save_pretrained`` writes
@@ -50,6 +61,7 @@ class StagePreset:
         llm: "frozen", "lora" or "full".
         text_only: the stage trains on report text without images (the workflow calls ``forward(images=None)``).
         description: one line for logs and docs.
+        findings_only: the stage trains on the finding head's loss alone (``forward(findings_only=True)``).
     """
 
     name: str
@@ -58,6 +70,7 @@ class StagePreset:
     llm: str
     text_only: bool
     description: str
+    findings_only: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder not in _MODES or self.llm not in _MODES:
@@ -67,6 +80,8 @@ class StagePreset:
 STAGES: dict[str, StagePreset] = {
     p.name: p
     for p in (
+        StagePreset("encoder_warmup", "full", False, "frozen", False,
+                    "encoder warm-up: encoder + finding head on the report labels, no LLM", findings_only=True),
         StagePreset("stage0", "frozen", False, "full", True, "LM warm-up: every LLM weight, report text only"),
         StagePreset("stage1", "frozen", True, "frozen", False, "alignment: projector (encoder optional)"),
         StagePreset("stage2", "frozen", True, "lora", False, "projector + LLM LoRA (encoder optional)"),
@@ -102,9 +117,14 @@ def apply_stage(model: nn.Module, stage: str | StagePreset, train_encoder: str |
         train_encoder: override the preset's encoder mode: "frozen" / False, "lora", "full" / True.
 
     Returns:
-        :func:`trainable_summary` of the model, plus "stage" and "text_only".
+        :func:`trainable_summary` of the model, plus "stage", "text_only" and "findings_only".
+
+    Raises:
+        ValueError: a findings-only preset for a model without a finding head.
     """
     preset = get_stage(stage)
+    if preset.findings_only and getattr(model, "finding_head", None) is None:
+        raise ValueError(f"stage {preset.name} trains the finding head, but the model has none (finding_head=False)")
     encoder_mode = preset.encoder
     if train_encoder is not None:
         encoder_mode = {True: "full", False: "frozen"}.get(train_encoder, train_encoder)  # type: ignore[arg-type]
@@ -123,11 +143,15 @@ def apply_stage(model: nn.Module, stage: str | StagePreset, train_encoder: str |
             param.requires_grad_(mode == "full" or (mode == "lora" and is_lora))
         if mode == "full":
             model.trained.add(part)
-    for _, param in groups["projector"]:
-        param.requires_grad_(preset.projector)
+    for name, param in groups["projector"]:
+        # the finding head is the encoder's auxiliary classifier: it trains with the projector or with the encoder;
+        # the finding prompts are what the LLM reads labels from: they train with the projector or a fully trained LLM
+        head = name.startswith("finding_head.") and encoder_mode != "frozen"
+        prompts = name.startswith("finding_prompts.") and preset.llm == "full"
+        param.requires_grad_(preset.projector or head or prompts)
 
     summary = trainable_summary(model)
-    summary.update(stage=preset.name, text_only=preset.text_only)
+    summary.update(stage=preset.name, text_only=preset.text_only, findings_only=preset.findings_only)
     logger.info("stage %s (%s): encoder %s, LLM %s", preset.name, preset.description, encoder_mode, preset.llm)
     return summary
 

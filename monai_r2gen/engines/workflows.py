@@ -107,6 +107,7 @@ DEFAULT_STAGE_SETTINGS: dict[str, Any] = {
     "checkpoint_interval": None,  # iterations between resume checkpoints (default: once per epoch)
     "handover": "best",  # weights passed to the next stage: "best" validated or "last"
     "augment": False,
+    "group_by_length": False,  # batches of similar report lengths (less padding: faster LLM stages)
     "feature_cache": "auto",  # "auto" (when the encoder is frozen and augment is off), True or False
     "generation": {},  # generate() kwargs for validation (max_new_tokens, num_beams, repetition_penalty ...)
 }
@@ -165,14 +166,58 @@ class ResumableSampler(DistributedSampler):
     MONAI workflows call ``set_epoch`` at every epoch start, so the shuffled order depends only on ``(seed, epoch)``;
     after resuming from a mid-epoch checkpoint, :meth:`skip` drops the samples the interrupted run had already seen,
     so the resumed run sees exactly the batches the uninterrupted run would have seen.
+
+    With ``lengths``, batches are grouped by length (as Hugging Face's ``group_by_length``): each run of
+    ``batch_size * group_batches`` shuffled samples is sorted by length and cut into batches, and the order of the
+    full batches is shuffled again, so a batch is padded to about its own length instead of the longest report
+    among random ones.
+
+    Args:
+        dataset: the dataset (its length).
+        shuffle: shuffle every epoch.
+        seed: shuffling seed.
+        drop_last: as ``DistributedSampler``.
+        lengths: one length per sample (e.g. report characters) to group batches by; None: no grouping.
+        batch_size: the loader's batch size (needed with ``lengths``).
+        group_batches: batches sorted together.
+        **kwargs: ``num_replicas`` / ``rank`` (default: the process group's).
     """
 
-    def __init__(self, dataset: Any, shuffle: bool = True, seed: int = 0, drop_last: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        dataset: Any,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+        group_batches: int = 16,
+        **kwargs: Any,
+    ):
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         kwargs.setdefault("num_replicas", torch.distributed.get_world_size() if dist else 1)
         kwargs.setdefault("rank", torch.distributed.get_rank() if dist else 0)
         super().__init__(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last, **kwargs)
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for {len(dataset)} samples")
+        self.lengths = list(lengths) if lengths is not None else None
+        self.batch_size = max(1, int(batch_size))
+        self.group_batches = max(1, int(group_batches))
         self._skip = 0
+
+    def _group_by_length(self, indices: list[int]) -> list[int]:
+        assert self.lengths is not None
+        lengths, size, width = self.lengths, self.batch_size, self.batch_size * self.group_batches
+        ordered = []
+        for start in range(0, len(indices), width):
+            ordered += sorted(indices[start : start + width], key=lambda i: -lengths[i])
+        batches = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        full = [b for b in batches if len(b) == size]
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + 7919 * self.epoch + 1)
+        order = torch.randperm(len(full), generator=generator).tolist() if self.shuffle else range(len(full))
+        rest = batches[len(full) :]  # a last, partial batch stays last so that batches keep their boundaries
+        return [i for b in [full[k] for k in order] + rest for i in b]
 
     def skip(self, num_samples: int) -> None:
         """Skip ``num_samples`` samples of the next iteration over the sampler (then back to 0)."""
@@ -180,6 +225,8 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
+        if self.lengths is not None and self.batch_size > 1:
+            indices = self._group_by_length(indices)
         skip, self._skip = self._skip, 0
         return iter(indices[skip:])
 
@@ -251,14 +298,18 @@ class ReportBatchPreparer:
       when the batch holds them (:class:`~monai_r2gen.data.reports.ReportFindingLabelsd`, for the generator's
       finding head);
     - ``"text"``: the same with ``images=None``: the generator hides the image positions from attention, so the LLM
-      learns the report tokens after the text prompt alone (stage 0 warm-up);
+      learns the report tokens after the text prompt alone (stage 0 warm-up); a batch with ``finding_labels`` passes
+      them (and its images, if any) with ``text_only=True``: the labels fill the generator's finding prompts and the
+      images train the encoder through the finding head;
+    - ``"findings"``: images, ``view_mask`` and ``finding_labels`` with ``findings_only=True``: the generator
+      trains its finding head and encoder without running the LLM (encoder warm-up);
     - ``"generate"``: kwargs ``view_mask`` only (validation / inference).
 
     When the batch holds cached encoder tokens (``tokens_key``, ``(B, V, N, D)``) they are passed as
     ``visual_tokens`` and ``images`` is None.
 
     Args:
-        mode: "train", "text" or "generate".
+        mode: "train", "text", "findings" or "generate".
         image_key: batch key of the pixel views ``(B, V, C, H, W)``.
         tokens_key: batch key of cached encoder tokens.
         report_key: batch key of the reference reports.
@@ -271,8 +322,8 @@ class ReportBatchPreparer:
         tokens_key: str = "image_tokens",
         report_key: str = "report",
     ) -> None:
-        if mode not in ("train", "text", "generate"):
-            raise ValueError(f"mode must be 'train', 'text' or 'generate', got {mode!r}")
+        if mode not in ("train", "text", "findings", "generate"):
+            raise ValueError(f"mode must be 'train', 'text', 'findings' or 'generate', got {mode!r}")
         self.mode = mode
         self.image_key = image_key
         self.tokens_key = tokens_key
@@ -295,11 +346,20 @@ class ReportBatchPreparer:
                 images = move(torch.as_tensor(batchdata[self.image_key]))
             if batchdata.get("view_mask") is not None:
                 extra["view_mask"] = move(batchdata["view_mask"])
+        if self.mode == "findings":
+            extra["finding_labels"] = move(torch.as_tensor(batchdata["finding_labels"]))
+            extra["findings_only"] = True
+            return images, references, (), extra
         if self.mode != "generate":
             for key in ("input_ids", "attention_mask", "labels"):
                 extra[key] = move(batchdata[key])
-        if self.mode == "train" and batchdata.get("finding_labels") is not None:
+        if self.mode != "generate" and batchdata.get("finding_labels") is not None:
             extra["finding_labels"] = move(torch.as_tensor(batchdata["finding_labels"]))
+            if self.mode == "text":  # labels fill the finding prompts; images (if any) feed the finding head only
+                extra["text_only"] = True
+                if batchdata.get(self.image_key) is not None:
+                    images = move(torch.as_tensor(batchdata[self.image_key]))
+                    extra["view_mask"] = move(batchdata["view_mask"])
         return images, references, (), extra
 
 
@@ -397,13 +457,15 @@ def create_stage_trainer(
     max_epochs: int,
     device: torch.device | str = "cpu",
     text_only: bool = False,
+    findings_only: bool = False,
     accumulation_steps: int = 1,
     amp: bool = False,
     amp_kwargs: Mapping[str, Any] | None = None,
     handlers: Sequence[Any] = (),
     epoch_length: int | None = None,
 ) -> SupervisedTrainer:
-    """A ``SupervisedTrainer`` for one stage: the model computes its own loss on the report tokens."""
+    """A ``SupervisedTrainer`` for one stage: the model computes its own loss on the report tokens (or, with
+    ``findings_only``, its finding head's loss)."""
     trainer = SupervisedTrainer(
         device=torch.device(device),
         max_epochs=max_epochs,
@@ -412,7 +474,7 @@ def create_stage_trainer(
         network=network,
         optimizer=optimizer,
         loss_function=LossFromOutput(),
-        prepare_batch=ReportBatchPreparer(mode="text" if text_only else "train"),
+        prepare_batch=ReportBatchPreparer(mode="findings" if findings_only else "text" if text_only else "train"),
         train_handlers=list(handlers),
         amp=amp,
         amp_kwargs=dict(amp_kwargs or {}),
@@ -629,16 +691,32 @@ class ReportTrainingWorkflow:
             image_token=getattr(getattr(network, "config", None), "image_token", None) or IMAGE_TOKEN,
         )
 
+    @staticmethod
+    def _preset(stage: StageSettings) -> Any:
+        from monai_r2gen.engines.stages import get_stage
+
+        return get_stage(stage.preset or stage.name)
+
+    def _trains_encoder(self, stage: StageSettings) -> bool:
+        """Whether the stage's freeze policy trains the encoder (in full or with LoRA)."""
+        mode = stage.train_encoder if stage.train_encoder is not None else self._preset(stage).encoder
+        return mode not in (False, "frozen")
+
     def _dataset(self, split: str, stage: StageSettings, cache: Any | None, train: bool) -> Any:
         from monai_r2gen.data.datasets import ReportDataset
 
+        network = _unwrap(self.network)
+        head = getattr(network, "finding_head", None) is not None
+        # a text-only stage loads the images only when they train the encoder through the finding head
+        with_images = not stage.text_only or (train and head and self._trains_encoder(stage))
+        # finding labels: the head's target, and in a text-only stage the finding prompts' content
+        with_labels = train and head and (with_images or getattr(network, "finding_prompts", None) is not None)
         transforms: list[Any] = []
-        if stage.text_only:
+        if not with_images:
             transforms = [_DropKeyd("image"), self._tokenize_transform()]
         elif cache is not None:
             from monai_r2gen.engines.feature_cache import CachedTokensd
 
-            network = _unwrap(self.network)
             transforms = [
                 _CopyKeyd("image", "image_tokens"),
                 CachedTokensd("image_tokens", cache, encoder=network.encoder, load_transform=self._load_transform()),
@@ -652,7 +730,7 @@ class ReportTrainingWorkflow:
 
                 transforms.append(RandRadiographAugmentd(keys="image"))
             transforms.append(self._tokenize_transform())
-        if train and not stage.text_only and getattr(_unwrap(self.network), "finding_head", None) is not None:
+        if with_labels:
             from monai_r2gen.data.reports import ReportFindingLabelsd
 
             transforms.append(ReportFindingLabelsd(keys="report"))  # the report is cleaned by ReportDataset
@@ -665,7 +743,7 @@ class ReportTrainingWorkflow:
             transform=transforms,
             report_style=self.report_style,
             target=self.target,
-            cache="none" if stage.text_only else self.dataset_cache,
+            cache=self.dataset_cache if with_images else "none",
             cache_dir=str(self.output_dir / "dataset_cache" / split) if self.dataset_cache == "persistent" else None,
             cache_kwargs={"progress": False} if self.dataset_cache != "none" else None,
         )
@@ -676,10 +754,15 @@ class ReportTrainingWorkflow:
         tokenizer = _unwrap(self.network).tokenizer
         return ReportCollate(pad_token_id=tokenizer.pad_token_id)
 
-    def _loader(self, dataset: Any, batch_size: int, train: bool) -> tuple[DataLoader, ResumableSampler | None]:
+    def _loader(
+        self, dataset: Any, batch_size: int, train: bool, group_by_length: bool = False
+    ) -> tuple[DataLoader, ResumableSampler | None]:
         generator = torch.Generator()
         generator.manual_seed(self.seed)
-        sampler = ResumableSampler(dataset, shuffle=True, seed=self.seed) if train else None
+        sampler = None
+        if train:
+            lengths = [len(str(item.get("report") or "")) for item in dataset.data] if group_by_length else None
+            sampler = ResumableSampler(dataset, shuffle=True, seed=self.seed, lengths=lengths, batch_size=batch_size)
         loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -764,11 +847,14 @@ class ReportTrainingWorkflow:
         n_trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
         logger.info("stage %s: %d trainable parameters in %d tensors", stage.name, n_trainable, len(state.names))
 
+        if self.distributed:  # DDP syncs buffers before each forward, so the last step left each rank its own
+            for buffer in network.buffers():  # batch-norm statistics: all ranks take rank 0's
+                torch.distributed.broadcast(buffer.data, src=0)
         cache = self._feature_cache(stage)
         if cache is not None:
             train_items = self._manifest_items(self.train_split)
             items = list(train_items)
-            if stage.validate and not stage.text_only:
+            if stage.validate and not stage.text_only and not self._preset(stage).findings_only:
                 val_items = self._manifest_items(self.val_split)
                 items += val_items[: int(stage.val_max_studies)] if stage.val_max_studies else val_items
             fill_start = time.perf_counter()
@@ -778,7 +864,8 @@ class ReportTrainingWorkflow:
             self._barrier()
             fill_seconds = time.perf_counter() - fill_start
         train_ds = self._dataset(self.train_split, stage, cache, train=True)
-        train_loader, sampler = self._loader(train_ds, stage.batch_size, train=True)
+        train_loader, sampler = self._loader(train_ds, stage.batch_size, train=True,
+                                             group_by_length=bool(stage.group_by_length))
         epoch_length = len(train_loader)
         if stage.max_iterations:
             max_epochs = max(1, math.ceil(int(stage.max_iterations) / epoch_length))
@@ -805,6 +892,7 @@ class ReportTrainingWorkflow:
             max_epochs=max_epochs,
             device=self.device,
             text_only=stage.text_only,
+            findings_only=self._preset(stage).findings_only,
             accumulation_steps=int(stage.accumulation_steps),
             amp=self.amp,
             amp_kwargs=self.amp_kwargs,
@@ -823,7 +911,8 @@ class ReportTrainingWorkflow:
             writer = SummaryWriter(log_dir=str(stage_dir / "tensorboard"))
         evaluator = None
         best_saver = None
-        if stage.validate and not stage.text_only:  # a text-only stage has no images to write reports for
+        # a text-only stage has no images to write reports for; an encoder warm-up has not trained the LLM yet
+        if stage.validate and not stage.text_only and not self._preset(stage).findings_only:
             val_ds = self._dataset(self.val_split, stage, cache, train=False)
             val_loader, _ = self._loader(val_ds, int(stage.val_batch_size or stage.batch_size), train=False)
             evaluator = create_report_evaluator(
@@ -964,6 +1053,10 @@ class ReportTrainingWorkflow:
             interrupted = False
             for stage in self.stages:
                 if not stage.enabled:
+                    continue
+                if self._preset(stage).findings_only and getattr(_unwrap(self.network), "finding_head", None) is None:
+                    logger.warning("stage %s skipped: it trains the finding head and the model has none "
+                                   "(network_config#finding_head false)", stage.name)  # fmt: skip
                     continue
                 done = self.resume and StageCompletion.is_complete(self.stage_dir(stage))
                 if done and (wanted is None or stage.name not in wanted):

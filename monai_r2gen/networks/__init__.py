@@ -22,6 +22,7 @@ _EXPORTS = {
     "AttentionResampler": "monai_r2gen.networks.projectors",
     "LinearProjector": "monai_r2gen.networks.projectors",
     "MLPProjector": "monai_r2gen.networks.projectors",
+    "FindingPrompts": "monai_r2gen.networks.projectors",
     "build_projector": "monai_r2gen.networks.projectors",
 }
 

@@ -8,7 +8,11 @@ tokens only (the labels built by :class:`~monai_r2gen.data.reports.TokenizeRepor
 Optional auxiliary loss (``GeneratorConfig.finding_head``): a linear head on the encoder tokens, averaged over tokens
 and present views, predicts the 14 CheXpert labels of the training report
 (:class:`~monai_r2gen.data.reports.ReportFindingLabelsd`); its binary cross-entropy, weighted by
-``finding_loss_weight``, is added to the LM loss so that the vision encoder learns the findings.
+``finding_loss_weight``, is added to the LM loss so that the vision encoder learns the findings. With
+``GeneratorConfig.finding_prompts`` the head's probabilities also reach the LLM: 14 more prompts
+(:class:`~monai_r2gen.networks.projectors.FindingPrompts`) follow the visual prompts in the image positions, so the
+language model reads each finding from one place (the head is trained by its loss alone; the probabilities are
+detached).
 
 A model directory written by :meth:`RadiologyReportGenerator.save_pretrained` holds only what a user cannot get
 elsewhere:
@@ -16,8 +20,8 @@ elsewhere:
 - ``generator.json``: the :class:`GeneratorConfig`, the base encoder and LLM it expects (path and fingerprint) and
   what the directory holds;
 - ``tokenizer/``: the tokenizer (with its image token);
-- ``modules.safetensors``: view fusion, projector and the optional finding head, plus the encoder when it is not a
-  Hugging Face model and was trained or built from scratch;
+- ``modules.safetensors``: view fusion, projector and the optional finding head and finding prompts, plus the encoder
+  when it is not a Hugging Face model and was trained or built from scratch;
 - ``encoder/`` and ``llm/``: full Hugging Face model directories, written only when the base was built from a config
   (random init, e.g. the embedded tiny default) or was trained in full (stage 0 trains the whole LLM);
 - ``encoder_lora/`` and ``llm_lora/``: LoRA adapters in peft's own format (``PeftModel.from_pretrained`` loads them).
@@ -50,7 +54,13 @@ from monai_r2gen.data.tokenizer import add_image_token
 from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError
 from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
-from monai_r2gen.networks.projectors import FUSION_MODES, PROJECTOR_KINDS, ViewFusion, build_projector
+from monai_r2gen.networks.projectors import (
+    FUSION_MODES,
+    PROJECTOR_KINDS,
+    FindingPrompts,
+    ViewFusion,
+    build_projector,
+)
 
 __all__ = [
     "DEFAULT_GENERATION",
@@ -173,6 +183,8 @@ class GeneratorConfig:
         finding_head: add a linear head on the mean encoder token that predicts the 14 CheXpert labels of the report
             (an auxiliary loss for the vision encoder; off by default).
         finding_loss_weight: weight of the head's binary cross-entropy added to the LM loss.
+        finding_prompts: append one prompt per label, mixed from learned "present" / "absent" vectors by the head's
+            (detached) probability, to the visual prompts (needs ``finding_head``; ``K`` grows by 14).
     """
 
     encoder: str = "small_cnn"
@@ -212,6 +224,7 @@ class GeneratorConfig:
     generation: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_GENERATION))
     finding_head: bool = False
     finding_loss_weight: float = 1.0
+    finding_prompts: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -224,6 +237,7 @@ class GeneratorConfig:
              "give llm_path or llm_options with a model_type"),
             ((self.image_mean is None) == (self.image_std is None), "image_mean and image_std go together"),
             (self.finding_loss_weight >= 0, "finding_loss_weight must be >= 0"),
+            (self.finding_head or not self.finding_prompts, "finding_prompts needs finding_head"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -467,10 +481,17 @@ class RadiologyReportGenerator(nn.Module):
             raise ModelConfigError(f"the LLM has {vocab} token embeddings for a tokenizer of {len(tokenizer)} tokens")
         self._num_image_tokens = int(projector.num_outputs(fusion.output_tokens(encoder.num_tokens)))
         self.finding_head: nn.Linear | None = None
+        self.finding_prompts: FindingPrompts | None = None
         if config.finding_head:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
                 self.finding_head = nn.Linear(encoder.out_dim, len(CHEXPERT_LABELS))
+                if config.finding_prompts:
+                    embedding = self.llm.get_input_embeddings().weight
+                    self.finding_prompts = FindingPrompts(
+                        len(CHEXPERT_LABELS), int(embedding.shape[1]), init_std=float(embedding.detach().float().std())
+                    )
+                    self._num_image_tokens += self.finding_prompts.num_labels
         self.bases = bases or {}
         self.trained: set[str] = set()  # components whose full weights were trained ("encoder", "llm")
 
@@ -562,11 +583,13 @@ class RadiologyReportGenerator(nn.Module):
         return _is_peft(getattr(self.encoder, self.encoder_backbone_name))
 
     def component_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Named parameters grouped by component: "encoder", "projector" (with view fusion and finding head), "llm"."""
+        """Named parameters grouped by component: "encoder", "projector" (with view fusion, finding head and finding
+        prompts), "llm"."""
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {"encoder": [], "projector": [], "llm": []}
         for name, param in self.named_parameters():
             part = name.split(".", 1)[0]
-            groups["projector" if part in ("fusion", "projector", "finding_head") else part].append((name, param))
+            projector = part in ("fusion", "projector", "finding_head", "finding_prompts")
+            groups["projector" if projector else part].append((name, param))
         return groups
 
     # ------------------------------------------------------------------------------------------------------------
@@ -685,14 +708,21 @@ class RadiologyReportGenerator(nn.Module):
                 ``images``.
 
         Returns:
-            ``(prompts, prompt_mask)``: ``(B, K, H)`` float32 and ``(B, K)`` bool.
+            ``(prompts, prompt_mask)``: ``(B, K, H)`` float32 and ``(B, K)`` bool (with finding prompts, the last 14
+            of the ``K``).
         """
         if visual_tokens is None:
             if images is None:
                 raise ValueError("give images or visual_tokens")
             visual_tokens = self.encode_views(images, view_mask)
         fused, token_mask = self.fusion(visual_tokens.float(), view_mask)
-        return self.projector(fused, token_mask)
+        prompts, prompt_mask = self.projector(fused, token_mask)
+        if self.finding_prompts is not None:
+            probabilities = torch.sigmoid(self.finding_logits(visual_tokens, view_mask)).detach()
+            extra = self.finding_prompts(probabilities).to(prompts.dtype)
+            prompts = torch.cat([prompts, extra], dim=1)
+            prompt_mask = torch.cat([prompt_mask, prompt_mask.new_ones(extra.shape[:2])], dim=1)
+        return prompts, prompt_mask
 
     def prepare_inputs_embeds(
         self,
@@ -743,6 +773,8 @@ class RadiologyReportGenerator(nn.Module):
         view_mask: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
         finding_labels: torch.Tensor | None = None,
+        text_only: bool = False,
+        findings_only: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Run the LLM on prompt + report with the visual prompts spliced in.
@@ -757,12 +789,21 @@ class RadiologyReportGenerator(nn.Module):
             finding_labels: ``(B, 14)`` binary CheXpert labels of the reports
                 (:class:`~monai_r2gen.data.reports.ReportFindingLabelsd`); with a finding head and images, ``.loss``
                 becomes ``lm_loss + finding_loss_weight * finding_loss``. Ignored without a head or without images.
+            text_only: hide the image positions from the LLM as in a text-only batch; the images only feed the
+                finding head (stage 0 warms the language model and the encoder up side by side). With finding
+                prompts, the report's own ``finding_labels`` fill the finding prompt positions (teacher forcing),
+                so the language model learns to read them while it learns the language.
+            findings_only: train the finding head alone: the LLM is not run and ``.loss`` is the head's binary
+                cross-entropy (encoder warm-up); needs the head, images (or ``visual_tokens``) and
+                ``finding_labels``.
             **kwargs: passed to the LLM.
 
         Returns:
             The LLM's ``CausalLMOutputWithPast`` (``.loss`` when labels are given, ``.logits``); with the auxiliary
             loss it also holds ``lm_loss``, ``finding_loss`` and ``finding_logits``.
         """
+        if findings_only:
+            return self._findings_only(images, view_mask, visual_tokens, finding_labels)
         if input_ids is None:
             raise ValueError("input_ids are required")
         if labels is not None and bool((labels[input_ids == self.image_token_id] != IGNORE_INDEX).any()):
@@ -771,7 +812,15 @@ class RadiologyReportGenerator(nn.Module):
         if aux and visual_tokens is None and images is not None:  # encode once, for the prompts and the head
             visual_tokens, images = self.encode_views(images, view_mask), None
         aux = aux and visual_tokens is not None  # text-only batches have no findings to predict
-        embeds, attention_mask = self.prepare_inputs_embeds(input_ids, attention_mask, images, view_mask, visual_tokens)
+        if text_only:
+            embeds, text_mask = self.prepare_inputs_embeds(input_ids, attention_mask)
+            if self.finding_prompts is not None and finding_labels is not None:
+                embeds, text_mask = self._label_prompts(input_ids, embeds, text_mask, attention_mask, finding_labels)
+            attention_mask = text_mask
+        else:
+            embeds, attention_mask = self.prepare_inputs_embeds(
+                input_ids, attention_mask, images, view_mask, visual_tokens
+            )
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         output = self.llm(
             inputs_embeds=embeds,
@@ -791,6 +840,46 @@ class RadiologyReportGenerator(nn.Module):
             output["finding_loss"] = finding_loss
             output["finding_logits"] = logits
         return output
+
+    def _findings_only(
+        self,
+        images: torch.Tensor | None,
+        view_mask: torch.Tensor | None,
+        visual_tokens: torch.Tensor | None,
+        finding_labels: torch.Tensor | None,
+    ) -> Any:
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        if self.finding_head is None:
+            raise ModelConfigError("this model has no finding head (GeneratorConfig.finding_head=False)")
+        if finding_labels is None or (images is None and visual_tokens is None):
+            raise ValueError("findings_only needs images (or visual_tokens) and finding_labels")
+        if visual_tokens is None:
+            visual_tokens = self.encode_views(images, view_mask)
+        logits = self.finding_logits(visual_tokens, view_mask)
+        loss = F.binary_cross_entropy_with_logits(logits, finding_labels.to(logits))
+        output = CausalLMOutputWithPast(loss=loss)
+        output["finding_loss"] = loss
+        output["finding_logits"] = logits
+        return output
+
+    def _label_prompts(
+        self,
+        input_ids: torch.Tensor,
+        embeds: torch.Tensor,
+        text_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the finding prompts of known labels over the last 14 image positions and show them to the LLM."""
+        assert self.finding_prompts is not None
+        image_positions = input_ids == self.image_token_id
+        rank = image_positions.long().cumsum(dim=-1)
+        slots = image_positions & (rank > self.num_image_tokens - self.finding_prompts.num_labels)
+        prompts = self.finding_prompts(labels.to(device=embeds.device, dtype=torch.float32))
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), prompts.to(embeds.dtype))
+        visible = torch.ones_like(text_mask) if attention_mask is None else attention_mask
+        return embeds, torch.where(slots, visible, text_mask)
 
     # ------------------------------------------------------------------------------------------------------------
     # generation
@@ -911,8 +1000,10 @@ class RadiologyReportGenerator(nn.Module):
         modules: dict[str, torch.Tensor] = {}
         modules.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
         modules.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
-        if self.finding_head is not None:
-            modules.update({f"finding_head.{k}": v for k, v in self.finding_head.state_dict().items()})
+        for name in ("finding_head", "finding_prompts"):
+            module = getattr(self, name)
+            if module is not None:
+                modules.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
 
         # encoder
         attr = self.encoder_backbone_name
@@ -1035,8 +1126,9 @@ class RadiologyReportGenerator(nn.Module):
             _load_prefixed(encoder, modules, "encoder.", root / MODULES_NAME)
 
         model = cls(config, encoder, fusion, projector, llm, tokenizer, bases)
-        if model.finding_head is not None:
-            _load_prefixed(model.finding_head, modules, "finding_head.", root / MODULES_NAME)
+        for name in ("finding_head", "finding_prompts"):
+            if getattr(model, name) is not None:
+                _load_prefixed(getattr(model, name), modules, f"{name}.", root / MODULES_NAME)
         model.trained = set(meta.get("trained", []))
         if model.num_image_tokens != meta.get("num_image_tokens", model.num_image_tokens):
             raise CheckpointMismatchError(f"{root}: the rebuilt model gives {model.num_image_tokens} visual prompts, "

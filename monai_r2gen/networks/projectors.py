@@ -6,6 +6,9 @@
   map each token to one prompt vector, so the number of prompts equals the number of tokens.
 - :class:`AttentionResampler` cross-attends ``K`` learned queries to the tokens: the number of soft prompts is a
   setting, independent of the encoder.
+- :class:`FindingPrompts` turns the finding head's probabilities into one prompt per label (a learned "present"
+  and "absent" vector per label, mixed by the probability): a diagnosis-driven prompt in the spirit of PromptMRG
+  (Jin et al., AAAI 2024), which the generator appends to the visual prompts.
 
 Every projector takes ``(B, T, D)`` tokens and a ``(B, T)`` token mask and returns ``(B, K, H)`` prompts and a
 ``(B, K)`` prompt mask (False where a prompt stands for a padded view; the generator hides those positions from
@@ -29,6 +32,7 @@ __all__ = [
     "LinearProjector",
     "MLPProjector",
     "AttentionResampler",
+    "FindingPrompts",
     "build_projector",
 ]
 
@@ -223,6 +227,31 @@ class AttentionResampler(Projector):
             queries = queries + layer["ffn"](layer["ffn_norm"](queries))
         prompts = self.out_norm(self.out_proj(queries))
         return prompts, torch.ones(batch, self.num_queries, dtype=torch.bool, device=tokens.device)
+
+
+class FindingPrompts(nn.Module):
+    """One soft prompt per finding label: ``p * present + (1 - p) * absent``.
+
+    Args:
+        num_labels: labels of the finding head (14 CheXpert observations).
+        out_dim: LLM embedding width.
+        init_std: standard deviation of the initial vectors (use the LLM's embedding scale).
+    """
+
+    def __init__(self, num_labels: int, out_dim: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.present = nn.Parameter(torch.randn(num_labels, out_dim) * init_std)
+        self.absent = nn.Parameter(torch.randn(num_labels, out_dim) * init_std)
+
+    @property
+    def num_labels(self) -> int:
+        """Prompts per study."""
+        return int(self.present.shape[0])
+
+    def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` probabilities -> ``(B, L, H)`` prompts."""
+        p = probabilities.to(self.present.dtype).unsqueeze(-1)
+        return p * self.present + (1.0 - p) * self.absent
 
 
 def build_projector(

@@ -11,25 +11,43 @@ from monai_r2gen.networks.factory import tiny_llm_options
 
 
 @pytest.mark.parametrize("variant", list(ABLATION_VARIANTS))
-@pytest.mark.parametrize("total", [780, 7, 101])
+@pytest.mark.parametrize("total", [360, 7, 101])
 def test_every_variant_gets_the_same_budget(variant, total):
-    stages = variant_stages(variant, total, batch_size=4)
-    assert sum(s["max_iterations"] for s in stages) == total
+    stages = variant_stages(variant, total, batch_size=4, warmup_iterations=50)
+    assert stages[0]["name"] == "encoder_warmup" and stages[0]["max_iterations"] == 50
+    assert sum(s["max_iterations"] for s in stages[1:]) == total
     assert all(s["max_iterations"] >= 1 and s["batch_size"] == 4 for s in stages)
 
 
 def test_variant_contents():
-    assert [s["name"] for s in variant_stages("full")] == ["stage0", "stage1", "stage2"]
-    assert [s["max_iterations"] for s in variant_stages("full")] == [130, 200, 450]
-    assert [s["name"] for s in variant_stages("no_stage1")] == ["stage0", "stage2"]
-    assert [s["name"] for s in variant_stages("no_stage0")] == ["stage1", "stage2"]
-    assert variant_stages("full")[1]["train_encoder"] is True
-    assert variant_stages("frozen_encoder_stage1")[1]["train_encoder"] is False
-    assert variant_stages("delta")[1]["preset"] == "delta"
+    full = variant_stages("full")
+    assert [s["name"] for s in full] == ["encoder_warmup", "stage0", "stage1", "stage2"]
+    assert [s["max_iterations"] for s in full] == [600, 120, 40, 200]  # bundle/configs/train.yaml
+    assert [s["name"] for s in variant_stages("no_stage1", warmup_iterations=0)] == ["stage0", "stage2"]
+    assert [s["name"] for s in variant_stages("no_stage0", warmup_iterations=0)] == ["stage1", "stage2"]
+    assert full[2]["train_encoder"] is True
+    assert variant_stages("frozen_encoder_stage1")[2]["train_encoder"] is False
+    assert variant_stages("delta")[2]["preset"] == "delta"
     with pytest.raises(ValueError):
         variant_stages("nope")
     with pytest.raises(ValueError):
         variant_stages("full", total_iterations=2)
+
+
+def test_variants_follow_the_bundle_recipe():
+    import yaml
+
+    from tests.engines.test_bundle import CONFIGS
+
+    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    for stage in variant_stages("full"):
+        bundle = train[stage["name"]]
+        assert stage["max_iterations"] == bundle["max_iterations"] and stage["batch_size"] == bundle["batch_size"]
+        for key in ("lr", "warmup_steps", "end_lr"):
+            assert stage[key] == pytest.approx(bundle[key]), (stage["name"], key)
+        if "lora" in stage:
+            assert {k: stage["lora"][k] for k in ("r", "alpha", "target_modules")} == {
+                k: bundle["lora"][k] for k in ("r", "alpha", "target_modules")}
 
 
 def test_table_means_over_seeds():
@@ -48,14 +66,16 @@ def test_tiny_ablation_end_to_end(tmp_path):
         "generation": {"num_beams": 1, "do_sample": False, "repetition_penalty": 1.0, "min_new_tokens": 1,
                        "max_new_tokens": 8},
     }  # fmt: skip
-    kwargs = {"variants": ["full", "no_stage0"], "seeds": (0,), "total_iterations": 4, "batch_size": 4,
+    kwargs = {"variants": ["full", "no_stage0"], "seeds": (0,), "total_iterations": 4, "warmup_iterations": 2,
+              "batch_size": 4,
               "n_studies": 20, "image_size": 64, "eval_max_studies": 4, "network": network, "device": "cpu"}
     result = run_ablation(tmp_path / "data", tmp_path / "out", **kwargs)
     assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("full", 0), ("no_stage0", 0)]
     for run in result["runs"]:
         assert 0.0 <= run["scores"]["CE-14 micro-F1"] <= 1.0 and run["scores"]["CIDEr"] >= 0.0
     summary = json.loads((tmp_path / "out" / "full" / "seed0" / "model" / "training_summary.json").read_text())
-    assert sum(s["iterations"] for s in summary["stages"].values()) == 4
+    assert summary["stages"]["encoder_warmup"]["iterations"] == 2
+    assert sum(s["iterations"] for name, s in summary["stages"].items() if name != "encoder_warmup") == 4
     assert (tmp_path / "out" / "ablation.md").read_text().startswith("| variant |")
     again = run_ablation(tmp_path / "data", tmp_path / "out", **kwargs)  # finished runs are not trained again
     assert again["runs"] == result["runs"]

@@ -28,7 +28,9 @@ TINY_OVERRIDES = {
                         "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256},
         "generation": {"max_new_tokens": 12, "num_beams": 1, "do_sample": False, "repetition_penalty": 1.0},
     },
-    "stage0": {"name": "stage0", "batch_size": 8, "max_iterations": 3, "lr": 0.002, "validate": False},
+    "encoder_warmup": {"name": "encoder_warmup", "batch_size": 8, "max_iterations": 3, "lr": 0.002, "validate": False},
+    "stage0": {"name": "stage0", "batch_size": 8, "max_iterations": 3, "lr": 0.002, "validate": False,
+               "text_only": True, "train_encoder": True},
     "stage1": {"name": "stage1", "batch_size": 8, "max_iterations": 3, "lr": 0.001, "val_interval": 3,
                "val_epoch_level": False, "selection": "CE-14 micro-F1"},
     "stage2": {"name": "stage2", "batch_size": 8, "max_iterations": 3, "lr": 0.001, "lora": {"r": 4, "alpha": 8},
@@ -73,8 +75,10 @@ def test_logging_conf_passes_monai_validation() -> None:
 
 def test_configs_define_their_run_ids() -> None:
     train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
-    assert {"training", "train_stage0", "train_stage1", "train_stage2"} <= set(train)
-    assert [s["name"] for s in (train["stage0"], train["stage1"], train["stage2"])] == ["stage0", "stage1", "stage2"]
+    assert {"training", "train_encoder_warmup", "train_stage0", "train_stage1", "train_stage2"} <= set(train)
+    names = ["encoder_warmup", "stage0", "stage1", "stage2"]
+    assert [train[name]["name"] for name in names] == names
+    assert train["workflow"]["stages"] == [f"@{name}" for name in names]
     assert "evaluating" in yaml.safe_load((CONFIGS / "evaluate.yaml").read_text())
     assert "inference" in yaml.safe_load((CONFIGS / "inference.yaml").read_text())
     assert yaml.safe_load((CONFIGS / "multi_gpu_train.yaml").read_text())["workflow#distributed"] is True
@@ -95,13 +99,15 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_runs_every_stage_and_saves_the_model(trained_bundle: Path) -> None:
     root = trained_bundle
     assert (root / "data" / "synthetic" / "annotation.json").is_file()
-    for stage in ("stage0", "stage1", "stage2"):
+    for stage in ("encoder_warmup", "stage0", "stage1", "stage2"):
         marker = json.loads((root / "runs" / "training" / "stages" / stage / "stage_complete.json").read_text())
         assert marker["iterations"] == 3
     model = root / "models" / "report_generator"
     assert (model / "generator.json").is_file() and (model / "llm_lora" / "adapter_config.json").is_file()
     summary = json.loads((model / "training_summary.json").read_text())
-    assert list(summary["stages"]) == ["stage0", "stage1", "stage2"]
+    assert list(summary["stages"]) == ["encoder_warmup", "stage0", "stage1", "stage2"]
+    config = json.loads((model / "generator.json").read_text())["config"]
+    assert config["finding_head"] and config["finding_prompts"]  # the embedded default's finding prompts
     reports = root / "runs" / "training" / "stages" / "stage2" / "reports" / "stage2_latest.jsonl"
     assert set(json.loads(reports.read_text().splitlines()[0])) == {"id", "reference", "prediction"}
 
@@ -148,6 +154,7 @@ def test_multi_gpu_train_with_two_cpu_processes(tmp_path: Path) -> None:
         pytest.skip("torchrun not found")
     torchrun = str(Path(sys.executable).parent / "torchrun")
     tiny = dict(TINY_OVERRIDES)
+    tiny["encoder_warmup"] = {**tiny["encoder_warmup"], "max_iterations": 2, "batch_size": 4}
     tiny["stage0"] = {**tiny["stage0"], "max_iterations": 2, "batch_size": 4}
     tiny["stage1"] = {**tiny["stage1"], "max_iterations": 2, "batch_size": 4, "validate": False}
     tiny["stage2"] = {**tiny["stage2"], "max_iterations": 2, "batch_size": 4, "validate": False}
@@ -158,6 +165,6 @@ def test_multi_gpu_train_with_two_cpu_processes(tmp_path: Path) -> None:
     )
     model = tmp_path / "models" / "report_generator"
     assert (model / "generator.json").is_file()
-    for stage in ("stage0", "stage1", "stage2"):
+    for stage in ("encoder_warmup", "stage0", "stage1", "stage2"):
         marker = json.loads((tmp_path / "runs" / "training" / "stages" / stage / "stage_complete.json").read_text())
         assert marker["iterations"] == 2

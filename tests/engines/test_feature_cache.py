@@ -111,3 +111,17 @@ def test_miss_computes_or_raises(studies: list[dict], tmp_path: Path) -> None:
     assert cache.misses == 2 and cache.hits == 1
     with pytest.raises(ValueError, match="needs the encoder"):
         CachedTokensd("image", cache)
+
+
+def test_miss_loads_with_the_loaders_own_key(studies: list[dict], tmp_path: Path) -> None:
+    """The workflow caches under "image_tokens" while its loader reads "image" (a miss on a second DDP rank)."""
+
+    class KeyedLoadViews(LoadViews):
+        keys = ("image",)
+
+    encoder = CountingEncoder()
+    cache = FeatureCache(tmp_path / "cache", encoder_fingerprint(encoder))
+    transform = CachedTokensd("image_tokens", cache, encoder=encoder, load_transform=KeyedLoadViews())
+    out = transform({"id": "c", "image_tokens": studies[2]["image"]})
+    assert out["image_tokens"].shape == (2, 4, 3) and out["view_mask"].tolist() == [True, False]
+    assert encoder.calls == 1 and cache.misses == 1

@@ -99,8 +99,19 @@ def test_batch_preparer_modes() -> None:
     labelled = {**_batch(), "finding_labels": torch.zeros(2, 14)}
     _, _, _, kwargs = ReportBatchPreparer("train")(labelled, "cpu")
     assert kwargs["finding_labels"].shape == (2, 14)
-    for mode in ("text", "generate"):
-        assert "finding_labels" not in ReportBatchPreparer(mode)(labelled, "cpu")[3]
+    assert "finding_labels" not in ReportBatchPreparer("generate")(labelled, "cpu")[3]
+    # text mode: images and labels feed the finding head only, the LLM sees no image positions
+    images, _, _, kwargs = ReportBatchPreparer("text")(labelled, "cpu")
+    assert images.shape == (2, 2, 1, 8, 8) and kwargs["text_only"] is True
+    assert kwargs["finding_labels"].shape == (2, 14) and kwargs["view_mask"].shape == (2, 2)
+    text_labelled = {k: v for k, v in labelled.items() if k != "image"}  # labels for the finding prompts only
+    images, _, _, kwargs = ReportBatchPreparer("text")(text_labelled, "cpu")
+    assert images is None and kwargs["text_only"] is True and "view_mask" not in kwargs
+    assert kwargs["finding_labels"].shape == (2, 14)
+
+    images, _, _, kwargs = ReportBatchPreparer("findings")(labelled, "cpu")
+    assert images.shape == (2, 2, 1, 8, 8) and kwargs["findings_only"] is True
+    assert set(kwargs) == {"view_mask", "finding_labels", "findings_only"}
 
     cached = {**_batch(), "image_tokens": torch.rand(2, 2, 16, 32)}
     del cached["image"]
@@ -133,6 +144,46 @@ def test_trainable_state_holds_only_trainable_tensors() -> None:
         state.load_state_dict({"1.weight": saved["1.weight"]})
     with pytest.raises(ValueError, match="shape"):
         state.load_state_dict({"1.weight": torch.zeros(5, 5), "1.bias": saved["1.bias"]})
+
+
+def test_trainable_state_carries_the_running_statistics_of_trained_modules() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Conv2d(2, 2, 1),
+                                torch.nn.BatchNorm2d(2))  # fmt: skip
+    model[2:].requires_grad_(False)  # the second block is frozen: its statistics are not part of the stage
+    state = TrainableState(model)
+    assert state.buffer_names == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    model.train()
+    model(torch.rand(4, 1, 6, 6) * 5)
+    saved = state.state_dict()
+    assert set(saved) == {"0.weight", "0.bias", "1.weight", "1.bias", *state.buffer_names}
+    model[1].reset_running_stats()
+    state.load_state_dict(saved)
+    assert torch.equal(model[1].running_mean, saved["1.running_mean"]) and model[1].running_mean.abs().sum() > 0
+    assert int(model[1].num_batches_tracked) == 1
+    # checkpoints written before the statistics were part of the view still load
+    state.load_state_dict({k: v for k, v in saved.items() if "running" not in k and "tracked" not in k})
+
+
+def test_sampler_groups_batches_by_length_and_stays_resumable() -> None:
+    lengths = [(i * 37) % 101 for i in range(70)]
+    sampler = ResumableSampler(list(range(70)), seed=5, lengths=lengths, batch_size=8, group_batches=4)
+    sampler.set_epoch(2)
+    order = list(sampler)
+    assert sorted(order) == list(range(70))  # every sample once
+    batches = [order[i : i + 8] for i in range(0, 70, 8)]
+    assert len(batches[-1]) == 70 % 8  # the partial batch stays last
+    padded = sum(8 * max(lengths[i] for i in b) for b in batches[:-1])
+    plain = list(ResumableSampler(list(range(70)), seed=5))
+    padded_plain = sum(8 * max(lengths[i] for i in plain[k : k + 8]) for k in range(0, 64, 8))
+    assert padded < 0.85 * padded_plain  # grouping cuts the padding
+    again = ResumableSampler(list(range(70)), seed=5, lengths=lengths, batch_size=8, group_batches=4)
+    again.set_epoch(2)
+    again.skip(16)
+    assert list(again) == order[16:]  # same order per (seed, epoch); resume skips what was seen
+    sampler.set_epoch(3)
+    assert list(sampler) != order
+    with pytest.raises(ValueError, match="lengths"):
+        ResumableSampler(list(range(5)), lengths=[1, 2])
 
 
 def test_resumable_sampler_is_deterministic_per_epoch_and_skips() -> None:

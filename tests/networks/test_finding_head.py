@@ -115,3 +115,91 @@ def test_head_round_trips_through_save_and_load(make_model, reports, tmp_path):
 def test_negative_weight_is_rejected(make_model):
     with pytest.raises(ModelConfigError, match="finding_loss_weight"):
         make_model(finding_head=True, finding_loss_weight=-1.0)
+
+
+def test_finding_prompts_follow_the_visual_prompts(make_model, reports):
+    with pytest.raises(ModelConfigError, match="finding_prompts needs finding_head"):
+        make_model(finding_prompts=True)
+    plain = make_model(finding_head=True)
+    model = make_model(finding_head=True, finding_prompts=True)
+    assert model.num_image_tokens == plain.num_image_tokens + 14
+    batch = _labelled_batch(model, reports)
+    model.eval()
+    with torch.no_grad():
+        prompts, mask = model.encode_images(batch["image"], batch["view_mask"])
+        tokens = model.encode_views(batch["image"], batch["view_mask"])
+        p = torch.sigmoid(model.finding_logits(tokens, batch["view_mask"])).unsqueeze(-1)
+    assert prompts.shape[1] == model.num_image_tokens and bool(mask[:, -14:].all())
+    expected = p * model.finding_prompts.present + (1 - p) * model.finding_prompts.absent
+    torch.testing.assert_close(prompts[:, -14:], expected)
+
+    # the prompt weights learn from the LM loss; the head only from its own loss (probabilities are detached)
+    apply_stage(model, "stage1")
+    model.train()
+    lm = _forward(model, batch).loss
+    lm.backward()
+    assert model.finding_prompts.present.grad.abs().sum() > 0
+    assert model.finding_head.weight.grad is None or model.finding_head.weight.grad.abs().sum() == 0
+
+
+def test_text_only_stage_reads_the_report_labels_through_the_finding_prompts(make_model, reports):
+    model = make_model(finding_head=True, finding_prompts=True)
+    apply_stage(model, "stage0", train_encoder=True)
+    batch = _labelled_batch(model, reports)
+    labels = batch["finding_labels"]
+    text = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+    def loss(images, finding_labels):
+        return model(images, *text, batch["view_mask"], finding_labels=finding_labels, text_only=True)
+
+    out = loss(batch["image"], labels)
+    flipped = loss(batch["image"], 1 - labels)
+    assert not torch.allclose(out.lm_loss, flipped.lm_loss)  # the LLM sees the label prompts
+    # the visual prompts stay hidden: other images change only the head's loss, not the LM loss
+    torch.testing.assert_close(loss(torch.rand_like(batch["image"]), labels).lm_loss, out.lm_loss)
+    torch.testing.assert_close(loss(None, labels).loss, out.lm_loss)
+    # without labels every image position is hidden, as in a plain text-only batch
+    torch.testing.assert_close(model(None, *text).loss, model(None, *text, text_only=True).loss)
+
+    model.zero_grad()
+    out.loss.backward()
+    for prefix in ("finding_prompts.", "finding_head.", "encoder."):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix) and p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), prefix
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("projector."))
+
+
+def test_finding_prompts_round_trip(make_model, reports, tmp_path):
+    model = make_model(finding_head=True, finding_prompts=True)
+    with torch.no_grad():
+        model.finding_prompts.present.normal_()
+    model.save_pretrained(tmp_path / "m")
+    loaded = RadiologyReportGenerator.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(loaded.finding_prompts.present, model.finding_prompts.present)
+    assert loaded.num_image_tokens == model.num_image_tokens
+
+
+def test_findings_only_trains_the_head_without_running_the_llm(make_model, reports):
+    model = make_model(finding_head=True, finding_prompts=True)
+    apply_stage(model, "encoder_warmup")
+    trained = {n.split(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"encoder", "finding_head"}
+    batch = _labelled_batch(model, reports)
+    calls = []
+    handle = model.llm.register_forward_hook(lambda *args: calls.append(1))
+    out = model(batch["image"], view_mask=batch["view_mask"], finding_labels=batch["finding_labels"],
+                findings_only=True)  # fmt: skip
+    handle.remove()
+    assert not calls
+    with torch.no_grad():
+        expected = F.binary_cross_entropy_with_logits(
+            model.finding_logits(model.encode_views(batch["image"], batch["view_mask"]), batch["view_mask"]),
+            batch["finding_labels"],
+        )
+    torch.testing.assert_close(out.loss, expected, rtol=1e-4, atol=1e-5)  # batch norm in training mode
+    out.loss.backward()
+    assert model.encoder.features[0].conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="finding_labels"):
+        model(batch["image"], view_mask=batch["view_mask"], findings_only=True)
+    with pytest.raises(ValueError, match="has none"):
+        apply_stage(make_model(), "encoder_warmup")

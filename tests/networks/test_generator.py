@@ -464,7 +464,9 @@ def test_hf_encoder_trained_in_full_is_saved_as_model_directory(make_model, enco
 
 def test_embedded_default_build(reports):
     model = build_generator(corpus=reports)
-    assert model.num_image_tokens == 16 and model.encoder.num_tokens == 64 and model.encoder.out_dim == 256
+    assert model.encoder.num_tokens == 64 and model.encoder.out_dim == 128
+    assert model.finding_head is not None and model.num_image_tokens == 16 + 14  # visual + finding prompts
+    assert model.config.prompt_template.startswith("<Img><ImageHere></Img>")
     assert model.llm_config.model_type == "llama" and model.llm_config.num_hidden_layers == 4
     assert model.llm_config.vocab_size == len(model.tokenizer)
     assert sum(p.numel() for p in model.llm.parameters()) < 5_000_000
