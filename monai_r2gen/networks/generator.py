@@ -831,8 +831,7 @@ class RadiologyReportGenerator(nn.Module):
             **kwargs,
         )
         if aux:
-            logits = self.finding_logits(visual_tokens, view_mask)
-            finding_loss = F.binary_cross_entropy_with_logits(logits, finding_labels.to(logits))
+            finding_loss, logits = self._finding_loss(visual_tokens, view_mask, finding_labels)
             lm_loss = output.loss
             aux_loss = self.config.finding_loss_weight * finding_loss
             output["loss"] = aux_loss if lm_loss is None else lm_loss + aux_loss.to(lm_loss.dtype)
@@ -850,18 +849,22 @@ class RadiologyReportGenerator(nn.Module):
     ) -> Any:
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        if self.finding_head is None:
-            raise ModelConfigError("this model has no finding head (GeneratorConfig.finding_head=False)")
         if finding_labels is None or (images is None and visual_tokens is None):
             raise ValueError("findings_only needs images (or visual_tokens) and finding_labels")
         if visual_tokens is None:
             visual_tokens = self.encode_views(images, view_mask)
-        logits = self.finding_logits(visual_tokens, view_mask)
-        loss = F.binary_cross_entropy_with_logits(logits, finding_labels.to(logits))
+        loss, logits = self._finding_loss(visual_tokens, view_mask, finding_labels)
         output = CausalLMOutputWithPast(loss=loss)
         output["finding_loss"] = loss
         output["finding_logits"] = logits
         return output
+
+    def _finding_loss(
+        self, visual_tokens: torch.Tensor, view_mask: torch.Tensor | None, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The finding head's binary cross-entropy against ``labels`` ``(B, 14)``, and its logits."""
+        logits = self.finding_logits(visual_tokens, view_mask)
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits)), logits
 
     def _label_prompts(
         self,
