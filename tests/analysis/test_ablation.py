@@ -39,7 +39,12 @@ def test_variants_follow_the_bundle_recipe():
 
     from tests.engines.test_bundle import CONFIGS
 
+    from monai_r2gen.networks.factory import embedded_default_config
+
     train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    config = embedded_default_config()  # what the ablation builds
+    assert (config.max_length, config.image_size, config.num_queries) == (
+        train["max_length"], train["image_size"], train["network_config"]["num_queries"])
     for stage in variant_stages("full"):
         bundle = train[stage["name"]]
         assert stage["max_iterations"] == bundle["max_iterations"] and stage["batch_size"] == bundle["batch_size"]
