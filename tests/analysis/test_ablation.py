@@ -37,9 +37,8 @@ def test_variant_contents():
 def test_variants_follow_the_bundle_recipe():
     import yaml
 
-    from tests.engines.test_bundle import CONFIGS
-
     from monai_r2gen.networks.factory import embedded_default_config
+    from tests.engines.test_bundle import CONFIGS
 
     train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
     config = embedded_default_config()  # what the ablation builds
