@@ -1,13 +1,14 @@
 """The training protocol's ablation on the embedded default: every variant at the same iteration budget, 2 seeds.
 
-    python benchmarks/ablation.py --data data/ablation --out runs/ablation             # the full table (~2 h)
+    python benchmarks/ablation.py --data data/ablation --out runs/ablation             # the full table (~1 h)
     python benchmarks/ablation.py --data data/ablation --out runs/ablation --variants full,no_stage1 --seeds 0
 
 Variants: full (stage 0 + 1 + 2), no_stage1, no_stage0, frozen_encoder_stage1, shallow, delta, deep (see
-``monai_r2gen.analysis.ablation``). Each run trains the embedded default from scratch: the same encoder warm-up
+``monai_r2gen.analysis.ablation``). Each run trains the embedded default: the same encoder warm-up
 (``--warmup-iterations``, 600), then ``--iterations`` iterations shared by the variant's stages (the bundle's
-120 + 40 + 200 = 360 by default), and is scored on the synthetic test split: CE-14 micro / macro F1, BLEU-4,
-CIDEr. The table is printed and written to ``<out>/ablation.md``; runs already scored are reused, so an interrupted
+240 + 40 + 100 = 380 by default), and is scored on the synthetic test split: CE-14 micro / macro F1, BLEU-4,
+CIDEr. Leading stages identical between variants of a seed (the warm-up, stage 0) are trained once and copied.
+The table is printed and written to ``<out>/ablation.md``; runs already scored are reused, so an interrupted
 ablation continues where it stopped. ``monai-r2gen analyze ablation`` runs the same code.
 """
 

@@ -12,13 +12,17 @@ Variants (stage lists for :class:`~monai_r2gen.engines.workflows.ReportTrainingW
                             presets get the same stage-0 warm-up as the protocol)
 ==========================  ==============================================================================
 
-Every variant gets the same number of iterations in stages 0-2 (``total_iterations``, default 360: the bundle's
-120 + 40 + 200) at the same batch size, split in the bundle's proportions; budgets are counted in iterations, not
+Every variant gets the same number of iterations in stages 0-2 (``total_iterations``, default 380: the bundle's
+240 + 40 + 100) at the same batch size, split in the bundle's proportions; budgets are counted in iterations, not
 seconds, so runs compare across machines. Every variant starts with the same encoder warm-up
 (``warmup_iterations``, default the bundle's 600; it trains the CNN and the finding head without running the LLM,
-so it is not part of the protocol under test). Each variant is trained from scratch (same data set, same seed for
-the model initialisation) for every seed, then scored on the test split: CheXpert-14 micro / macro F1, BLEU-4, CIDEr.
-The stage settings below are those of ``bundle/configs/train.yaml``.
+so it is not part of the protocol under test). Each variant is trained from the same initial model (same data set,
+same seed) for every seed, then scored on the test split: CheXpert-14 micro / macro F1, BLEU-4, CIDEr. The stage
+settings below are those of ``bundle/configs/train.yaml``; every image stage teacher-forces the finding prompts.
+
+Variants of a seed that begin with identical stages (the warm-up; stage 0 for all but ``no_stage0``) share them:
+the workflow seeds every stage from the run seed and the stage's position, so a stage trained once is the stage
+every such variant would train, and its completed folder is copied instead of training it again.
 """
 
 from __future__ import annotations
@@ -27,13 +31,21 @@ import copy
 import json
 import logging
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ABLATION_VARIANTS", "ABLATION_METRICS", "variant_stages", "run_ablation", "ablation_table"]
+__all__ = [
+    "ABLATION_VARIANTS",
+    "ABLATION_METRICS",
+    "variant_stages",
+    "run_ablation",
+    "share_completed_stages",
+    "ablation_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,28 +56,29 @@ _BASE_STAGES: dict[str, dict[str, Any]] = {
     "encoder_warmup": {"name": "encoder_warmup", "validate": False, "lr": 3e-3, "warmup_steps": 20, "end_lr": 1e-5},
     "stage0": {"name": "stage0", "text_only": True, "train_encoder": True, "validate": False, "lr": 3e-3,
                "warmup_steps": 10, "end_lr": 1e-4},
-    "stage1": {"name": "stage1", "train_encoder": True, "lr": 3e-3, "warmup_steps": 5, "end_lr": 1e-4},
-    "stage2": {"name": "stage2", "train_encoder": True, "lr": 3e-3, "warmup_steps": 10, "end_lr": 1e-4,
-               "lora": _LORA},
+    "stage1": {"name": "stage1", "train_encoder": True, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 5,
+               "end_lr": 1e-4},
+    "stage2": {"name": "stage2", "train_encoder": True, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 10,
+               "end_lr": 1e-4, "lora": _LORA},
 }  # fmt: skip
-_R2GENGPT = {"name": None, "lr": 3e-3, "warmup_steps": 10, "end_lr": 1e-4}
+_R2GENGPT = {"name": None, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 10, "end_lr": 1e-4}
 
 #: variant name -> (stage, overrides, budget weight) triples
 ABLATION_VARIANTS: dict[str, list[tuple[str, dict[str, Any], int]]] = {
-    "full": [("stage0", {}, 120), ("stage1", {}, 40), ("stage2", {}, 200)],
-    "no_stage1": [("stage0", {}, 120), ("stage2", {}, 240)],
-    "no_stage0": [("stage1", {}, 60), ("stage2", {}, 300)],
-    "frozen_encoder_stage1": [("stage0", {}, 120), ("stage1", {"train_encoder": False}, 40), ("stage2", {}, 200)],
-    "shallow": [("stage0", {}, 120), ("shallow", {}, 240)],
-    "delta": [("stage0", {}, 120), ("delta", {}, 240)],
-    "deep": [("stage0", {}, 120), ("deep", {}, 240)],
+    "full": [("stage0", {}, 240), ("stage1", {}, 40), ("stage2", {}, 100)],
+    "no_stage1": [("stage0", {}, 240), ("stage2", {}, 140)],
+    "no_stage0": [("stage1", {}, 40), ("stage2", {}, 100)],
+    "frozen_encoder_stage1": [("stage0", {}, 240), ("stage1", {"train_encoder": False}, 40), ("stage2", {}, 100)],
+    "shallow": [("stage0", {}, 240), ("shallow", {}, 140)],
+    "delta": [("stage0", {}, 240), ("delta", {}, 140)],
+    "deep": [("stage0", {}, 240), ("deep", {}, 140)],
 }
 
 #: scores reported per run (keys of ReportEvaluationWorkflow's "scores")
 ABLATION_METRICS = ("CE-14 micro-F1", "CE-14 macro-F1", "BLEU-4", "CIDEr")
 
 
-def variant_stages(variant: str, total_iterations: int = 360, batch_size: int = 32, validate: bool = False,
+def variant_stages(variant: str, total_iterations: int = 380, batch_size: int = 32, validate: bool = False,
                    warmup_iterations: int = 600) -> list[dict[str, Any]]:  # fmt: skip
     """Stage settings of a variant: the encoder warm-up, then stages whose iterations sum to ``total_iterations``.
 
@@ -87,7 +100,9 @@ def variant_stages(variant: str, total_iterations: int = 360, batch_size: int = 
         raise ValueError(f"{total_iterations} iterations cannot be shared by {len(plan)} stages")
     weights = sum(w for _, _, w in plan)
     counts = [max(1, round(total_iterations * w / weights)) for _, _, w in plan]
-    counts[-1] = total_iterations - sum(counts[:-1])  # exact total
+    while sum(counts) != total_iterations:  # exact total: the largest stage absorbs rounding, every stage keeps >= 1
+        largest = max(range(len(counts)), key=lambda i: counts[i])
+        counts[largest] += 1 if sum(counts) < total_iterations else -1
     stages = []
     if warmup_iterations > 0:
         warmup = copy.deepcopy(_BASE_STAGES["encoder_warmup"])
@@ -109,7 +124,7 @@ def run_ablation(
     *,
     variants: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1),
-    total_iterations: int = 360,
+    total_iterations: int = 380,
     warmup_iterations: int = 600,
     batch_size: int = 32,
     n_studies: int = 2000,
@@ -147,9 +162,13 @@ def run_ablation(
             raise ValueError(f"unknown ablation variant {name!r}; choose from {', '.join(ABLATION_VARIANTS)}")
     out = Path(out_dir)
     runs = []
+    donors: dict[int, list[tuple[Path, list[dict[str, Any]]]]] = {}  # seed -> (train dir, stage list) of earlier runs
     for name in names:
         for seed in seeds:
             run_dir = out / name / f"seed{seed}"
+            stages = variant_stages(name, total_iterations, batch_size, warmup_iterations=warmup_iterations)
+            shared = share_completed_stages(run_dir / "train", stages, donors.setdefault(int(seed), []))
+            donors[int(seed)].append((run_dir / "train", stages))
             scores_file = run_dir / "eval" / "scores.json"
             if scores_file.is_file():
                 data = json.loads(scores_file.read_text(encoding="utf-8"))
@@ -160,8 +179,7 @@ def run_ablation(
             start = time.perf_counter()
             workflow = ReportTrainingWorkflow(
                 network=config, dataset_dir=dataset_dir, output_dir=run_dir / "train", model_dir=run_dir / "model",
-                stages=variant_stages(name, total_iterations, batch_size, warmup_iterations=warmup_iterations),
-                image_size=image_size,
+                stages=stages, image_size=image_size,
                 synthetic={"n_studies": n_studies, "seed": 0, "image_size": image_size}, seed=int(seed),
                 tensorboard=False, device=device,
             )  # fmt: skip
@@ -172,6 +190,7 @@ def run_ablation(
                 max_studies=eval_max_studies, device=device,
             ).run()  # fmt: skip
             result["train_seconds"] = round(train_seconds, 1)
+            result["shared_stages"] = shared
             scores_file.write_text(json.dumps(result, indent=2), encoding="utf-8")
             logger.info("ablation %s seed %d: %s", name, seed, {k: result["scores"].get(k) for k in ABLATION_METRICS})
             runs.append({"variant": name, "seed": int(seed), "scores": result["scores"],
@@ -184,6 +203,48 @@ def run_ablation(
     (out / "ablation.json").write_text(json.dumps({"runs": runs, "settings": settings}, indent=2), encoding="utf-8")
     (out / "ablation.md").write_text(table + "\n", encoding="utf-8")
     return {"runs": runs, "table": table, "settings": settings}
+
+
+def share_completed_stages(
+    train_dir: str | os.PathLike, stages: Sequence[Mapping[str, Any]], donors: Sequence[tuple[Path, Sequence[Mapping]]]
+) -> list[str]:
+    """Copy into ``train_dir`` the completed stage folders of the longest identical leading stages of a donor run.
+
+    Only valid between runs of one model configuration and seed: the training workflow seeds each stage from the run
+    seed and the stage's position, so identical leading stages train to identical weights.
+
+    Args:
+        train_dir: the ``output_dir`` of the run about to train.
+        stages: its stage settings.
+        donors: ``(output_dir, stage settings)`` of earlier runs with the same model configuration and seed.
+
+    Returns:
+        The names of the stages copied (none when ``train_dir`` already holds them or no donor matches).
+    """
+    from monai_r2gen.engines.handlers import StageCompletion
+
+    best: tuple[int, Path | None] = (0, None)
+    for donor_dir, donor_stages in donors:
+        common = 0
+        for mine, theirs in zip(stages, donor_stages):
+            done = Path(donor_dir) / "stages" / str(mine["name"]) / StageCompletion.MARKER
+            if dict(mine) != dict(theirs) or not done.is_file():
+                break
+            common += 1
+        if common > best[0]:
+            best = (common, Path(donor_dir))
+    copied = []
+    count, source = best
+    for stage in stages[:count]:
+        target = Path(train_dir) / "stages" / stage["name"]
+        if target.exists():
+            continue
+        assert source is not None
+        shutil.copytree(source / "stages" / stage["name"], target)
+        copied.append(str(stage["name"]))
+    if copied:
+        logger.info("%s: stages %s copied from %s (identical settings and seed)", train_dir, copied, source)
+    return copied
 
 
 def ablation_table(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ABLATION_METRICS) -> str:

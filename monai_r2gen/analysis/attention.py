@@ -412,7 +412,9 @@ def word_heatmaps(
 
     Returns:
         study id -> ``[(word, (rows, cols) map)]``; a map's sum is the share of the word's attention that reaches
-        the first view's grid (so maps of different words compare on the same scale).
+        the first view's grid (so maps of different words compare on the same scale). Finding prompts (the last 14
+        of the K, when the model has them) come from the finding head, not from a place in the image, so the
+        attention on them is not drawn.
     """
     out: dict[str, list[tuple[str, np.ndarray]]] = {}
     for start in range(0, images.shape[0], batch_size):
@@ -423,6 +425,7 @@ def word_heatmaps(
             maps = []
             for w, (word, _) in enumerate(record.words):
                 on_prompts = torch.from_numpy(record.word_prompt_attention(w, layers)).float()  # (K,)
+                on_prompts = on_prompts[: weights.shape[1]]  # the projector's prompts; finding prompts come last
                 grid = (on_prompts @ weights[b]).reshape(rows, cols).numpy()
                 maps.append((word, grid))
             out[record.id] = maps

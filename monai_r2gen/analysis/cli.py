@@ -84,7 +84,7 @@ def add_ablation_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--out", required=True, help="output folder (one run per variant and seed + tables)")
     parser.add_argument("--variants", type=_str_list, default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--seeds", type=_int_list, default=[0, 1], help="comma-separated seeds")
-    parser.add_argument("--iterations", type=int, default=360, help="iterations per run shared by stages 0-2")
+    parser.add_argument("--iterations", type=int, default=380, help="iterations per run shared by stages 0-2")
     parser.add_argument("--warmup-iterations", type=int, default=600, help="encoder warm-up before every variant")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--n-studies", type=int, default=2000, help="studies of a generated data set")

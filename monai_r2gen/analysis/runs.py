@@ -154,9 +154,12 @@ def analyze_attention(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     matrix = analysis.share_matrix()
+    finding = getattr(network, "finding_prompts", None)
+    what = (f"{analysis.num_prompts} prompts ({finding.num_labels} from findings)" if finding is not None
+            else f"{analysis.num_prompts} visual prompts")  # fmt: skip
     files: dict[str, str] = {
         "heatmap": str(heatmap_png(out / "attention_heatmap.png", matrix, vmin=0.0,
-                                   title=f"share of attention on the {analysis.num_prompts} visual prompts")),
+                                   title=f"share of attention on the {what}")),
     }  # fmt: skip
     summary = analysis.summary()
     record = {

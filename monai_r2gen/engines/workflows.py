@@ -86,6 +86,7 @@ DEFAULT_STAGE_SETTINGS: dict[str, Any] = {
     "preset": None,  # freeze preset in engines/stages.py: stage0/1/2, shallow, delta, deep (default: the name)
     "text_only": None,  # report text without images (default: the preset's; True for stage0)
     "train_encoder": None,  # None: the preset's; False/"frozen", "lora", True/"full"
+    "teacher_forcing": 0.0,  # share of studies whose finding prompts carry the report's labels (image stages)
     "lora": {},  # LLM LoRA settings when the preset uses LoRA: r, alpha, dropout, target_modules
     "encoder_lora": {},  # encoder LoRA settings (delta preset or train_encoder="lora")
     "max_epochs": 1,
@@ -305,6 +306,9 @@ class ReportBatchPreparer:
       trains its finding head and encoder without running the LLM (encoder warm-up);
     - ``"generate"``: kwargs ``view_mask`` only (validation / inference).
 
+    In ``"train"`` mode a batch with ``finding_labels`` also passes ``teacher_forcing`` (when above 0): the share of
+    studies whose finding prompts carry their report's labels instead of the head's prediction.
+
     When the batch holds cached encoder tokens (``tokens_key``, ``(B, V, N, D)``) they are passed as
     ``visual_tokens`` and ``images`` is None.
 
@@ -313,6 +317,7 @@ class ReportBatchPreparer:
         image_key: batch key of the pixel views ``(B, V, C, H, W)``.
         tokens_key: batch key of cached encoder tokens.
         report_key: batch key of the reference reports.
+        teacher_forcing: in ``"train"`` mode, the generator's ``teacher_forcing`` (0: off).
     """
 
     def __init__(
@@ -321,9 +326,13 @@ class ReportBatchPreparer:
         image_key: str = "image",
         tokens_key: str = "image_tokens",
         report_key: str = "report",
+        teacher_forcing: float = 0.0,
     ) -> None:
         if mode not in ("train", "text", "findings", "generate"):
             raise ValueError(f"mode must be 'train', 'text', 'findings' or 'generate', got {mode!r}")
+        if not 0.0 <= float(teacher_forcing) <= 1.0:
+            raise ValueError(f"teacher_forcing must be in [0, 1], got {teacher_forcing!r}")
+        self.teacher_forcing = float(teacher_forcing)
         self.mode = mode
         self.image_key = image_key
         self.tokens_key = tokens_key
@@ -360,6 +369,8 @@ class ReportBatchPreparer:
                 if batchdata.get(self.image_key) is not None:
                     images = move(torch.as_tensor(batchdata[self.image_key]))
                     extra["view_mask"] = move(batchdata["view_mask"])
+            elif self.teacher_forcing > 0:
+                extra["teacher_forcing"] = self.teacher_forcing
         return images, references, (), extra
 
 
@@ -458,6 +469,7 @@ def create_stage_trainer(
     device: torch.device | str = "cpu",
     text_only: bool = False,
     findings_only: bool = False,
+    teacher_forcing: float = 0.0,
     accumulation_steps: int = 1,
     amp: bool = False,
     amp_kwargs: Mapping[str, Any] | None = None,
@@ -465,7 +477,7 @@ def create_stage_trainer(
     epoch_length: int | None = None,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` for one stage: the model computes its own loss on the report tokens (or, with
-    ``findings_only``, its finding head's loss)."""
+    ``findings_only``, its finding head's loss; ``teacher_forcing``: see :class:`ReportBatchPreparer`)."""
     trainer = SupervisedTrainer(
         device=torch.device(device),
         max_epochs=max_epochs,
@@ -474,7 +486,9 @@ def create_stage_trainer(
         network=network,
         optimizer=optimizer,
         loss_function=LossFromOutput(),
-        prepare_batch=ReportBatchPreparer(mode="findings" if findings_only else "text" if text_only else "train"),
+        prepare_batch=ReportBatchPreparer(
+            mode="findings" if findings_only else "text" if text_only else "train", teacher_forcing=teacher_forcing
+        ),
         train_handlers=list(handlers),
         amp=amp,
         amp_kwargs=dict(amp_kwargs or {}),
@@ -893,6 +907,7 @@ class ReportTrainingWorkflow:
             device=self.device,
             text_only=stage.text_only,
             findings_only=self._preset(stage).findings_only,
+            teacher_forcing=float(stage.teacher_forcing),
             accumulation_steps=int(stage.accumulation_steps),
             amp=self.amp,
             amp_kwargs=self.amp_kwargs,

@@ -140,7 +140,8 @@ def embedded_default_config(**overrides: Any) -> GeneratorConfig:
     if tiny_llm:  # a pretrained LLM keeps the R2GenGPT instruction prompt
         settings["prompt_template"] = EMBEDDED_PROMPT
     if tiny_encoder and tiny_llm:  # 30 prompts: 160 tokens leave room for 99% of the phantom reports
-        settings.update(finding_head=True, finding_prompts=True, finding_loss_weight=1.0, max_length=160)
+        settings.update(finding_head=True, finding_prompts=True, hard_finding_prompts=True, finding_loss_weight=1.0,
+                        max_length=160)
     settings.update(overrides)
     return GeneratorConfig.from_dict(settings)
 

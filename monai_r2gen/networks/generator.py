@@ -185,6 +185,9 @@ class GeneratorConfig:
         finding_loss_weight: weight of the head's binary cross-entropy added to the LM loss.
         finding_prompts: append one prompt per label, mixed from learned "present" / "absent" vectors by the head's
             (detached) probability, to the visual prompts (needs ``finding_head``; ``K`` grows by 14).
+        hard_finding_prompts: binarise the head's probabilities at 0.5 before they make the finding prompts, so the
+            prompts of a prediction are exactly the prompts the language model was taught with the report labels
+            (stage 0 and ``teacher_forcing``).
     """
 
     encoder: str = "small_cnn"
@@ -225,6 +228,7 @@ class GeneratorConfig:
     finding_head: bool = False
     finding_loss_weight: float = 1.0
     finding_prompts: bool = False
+    hard_finding_prompts: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -238,6 +242,7 @@ class GeneratorConfig:
             ((self.image_mean is None) == (self.image_std is None), "image_mean and image_std go together"),
             (self.finding_loss_weight >= 0, "finding_loss_weight must be >= 0"),
             (self.finding_head or not self.finding_prompts, "finding_prompts needs finding_head"),
+            (self.finding_prompts or not self.hard_finding_prompts, "hard_finding_prompts needs finding_prompts"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -693,11 +698,20 @@ class RadiologyReportGenerator(nn.Module):
             pooled = (per_view * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return self.finding_head(pooled)
 
+    def finding_probabilities(self, visual_tokens: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's detached probabilities ``(B, 14)`` as the finding prompts take them (0/1 with
+        ``config.hard_finding_prompts``)."""
+        probabilities = torch.sigmoid(self.finding_logits(visual_tokens, view_mask)).detach()
+        if self.config.hard_finding_prompts:
+            probabilities = (probabilities > 0.5).to(probabilities.dtype)
+        return probabilities
+
     def encode_images(
         self,
         images: torch.Tensor | None = None,
         view_mask: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
+        finding_probabilities: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft visual prompts of a batch of studies.
 
@@ -706,6 +720,8 @@ class RadiologyReportGenerator(nn.Module):
             view_mask: ``(B, V)`` bool, True for real views.
             visual_tokens: precomputed encoder output ``(B, V, N, D)`` (frozen-encoder feature cache) instead of
                 ``images``.
+            finding_probabilities: ``(B, 14)`` values for the finding prompts instead of the head's prediction
+                (teacher forcing with the report labels).
 
         Returns:
             ``(prompts, prompt_mask)``: ``(B, K, H)`` float32 and ``(B, K)`` bool (with finding prompts, the last 14
@@ -718,8 +734,9 @@ class RadiologyReportGenerator(nn.Module):
         fused, token_mask = self.fusion(visual_tokens.float(), view_mask)
         prompts, prompt_mask = self.projector(fused, token_mask)
         if self.finding_prompts is not None:
-            probabilities = torch.sigmoid(self.finding_logits(visual_tokens, view_mask)).detach()
-            extra = self.finding_prompts(probabilities).to(prompts.dtype)
+            if finding_probabilities is None:
+                finding_probabilities = self.finding_probabilities(visual_tokens, view_mask)
+            extra = self.finding_prompts(finding_probabilities.to(prompts.device)).to(prompts.dtype)
             prompts = torch.cat([prompts, extra], dim=1)
             prompt_mask = torch.cat([prompt_mask, prompt_mask.new_ones(extra.shape[:2])], dim=1)
         return prompts, prompt_mask
@@ -731,10 +748,12 @@ class RadiologyReportGenerator(nn.Module):
         images: torch.Tensor | None = None,
         view_mask: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
+        finding_probabilities: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """LLM input embeddings with the visual prompts written over the image token positions.
 
         Without images (text-only, stage 0) the image positions are hidden from attention instead.
+        ``finding_probabilities`` replace the head's prediction in the finding prompts (see :meth:`encode_images`).
 
         Returns:
             ``(inputs_embeds, attention_mask)``.
@@ -748,7 +767,7 @@ class RadiologyReportGenerator(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids)
         if images is None and visual_tokens is None:
             return embeds, attention_mask.masked_fill(image_positions, 0)
-        prompts, prompt_mask = self.encode_images(images, view_mask, visual_tokens)
+        prompts, prompt_mask = self.encode_images(images, view_mask, visual_tokens, finding_probabilities)
         counts = image_positions.sum(dim=1)
         if prompts.shape[0] != input_ids.shape[0] or bool((counts != prompts.shape[1]).any()):
             raise ModelConfigError(
@@ -775,6 +794,7 @@ class RadiologyReportGenerator(nn.Module):
         finding_labels: torch.Tensor | None = None,
         text_only: bool = False,
         findings_only: bool = False,
+        teacher_forcing: float = 0.0,
         **kwargs: Any,
     ) -> Any:
         """Run the LLM on prompt + report with the visual prompts spliced in.
@@ -796,6 +816,9 @@ class RadiologyReportGenerator(nn.Module):
             findings_only: train the finding head alone: the LLM is not run and ``.loss`` is the head's binary
                 cross-entropy (encoder warm-up); needs the head, images (or ``visual_tokens``) and
                 ``finding_labels``.
+            teacher_forcing: with finding prompts, images and ``finding_labels``: the probability (per study) that
+                the finding prompts carry the report's labels instead of the head's prediction, so the language
+                model keeps learning to read them from clean labels while the head learns from the images.
             **kwargs: passed to the LLM.
 
         Returns:
@@ -818,8 +841,11 @@ class RadiologyReportGenerator(nn.Module):
                 embeds, text_mask = self._label_prompts(input_ids, embeds, text_mask, attention_mask, finding_labels)
             attention_mask = text_mask
         else:
+            forced = None
+            if aux and teacher_forcing > 0 and self.finding_prompts is not None:
+                forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, teacher_forcing)
             embeds, attention_mask = self.prepare_inputs_embeds(
-                input_ids, attention_mask, images, view_mask, visual_tokens
+                input_ids, attention_mask, images, view_mask, visual_tokens, forced
             )
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         output = self.llm(
@@ -865,6 +891,18 @@ class RadiologyReportGenerator(nn.Module):
         """The finding head's binary cross-entropy against ``labels`` ``(B, 14)``, and its logits."""
         logits = self.finding_logits(visual_tokens, view_mask)
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits)), logits
+
+    def _forced_probabilities(
+        self, visual_tokens: torch.Tensor, view_mask: torch.Tensor | None, labels: torch.Tensor, share: float
+    ) -> torch.Tensor:
+        """Finding prompt values: the report ``labels`` for a random ``share`` of the studies, the head's
+        prediction for the rest."""
+        if share >= 1:
+            return labels.float()
+        predicted = self.finding_probabilities(visual_tokens, view_mask)
+        labels = labels.to(device=predicted.device, dtype=predicted.dtype)
+        pick = torch.rand(labels.shape[0], 1, device=labels.device) < share
+        return torch.where(pick, labels, predicted)
 
     def _label_prompts(
         self,

@@ -155,3 +155,19 @@ def test_attention_through_llm_lora(tiny_model):
     model.enable_llm_lora()
     analysis = collect_attention(model, torch.rand(1, 2, 1, 64, 64), reports=["no pneumothorax"])
     assert analysis.studies[0].visual_share.shape[1:] == (1, 2)
+
+
+def test_heatmaps_leave_out_the_finding_prompts(tiny_model):
+    model = tiny_model(projector="resampler", finding_head=True, finding_prompts=True)
+    images = torch.rand(1, 2, 1, 64, 64)
+    weights, grid = prompt_token_map(model, images)
+    visual = model.num_image_tokens - 14
+    assert weights.shape == (1, visual, 64)
+    analysis = collect_attention(model, images, reports=["small left pleural effusion"])
+    maps = word_heatmaps(model, analysis, images)["0"]
+    assert [w for w, _ in maps] == ["small", "left", "pleural", "effusion"]
+    for index, (_, heat) in enumerate(maps):
+        on_prompts = analysis.studies[0].word_prompt_attention(index)
+        assert on_prompts.shape == (model.num_image_tokens,) and on_prompts[visual:].sum() > 0
+        # the map keeps exactly the attention on the visual prompts (resampler rows sum to 1)
+        assert heat.shape == grid and heat.sum() == pytest.approx(on_prompts[:visual].sum(), rel=1e-4)

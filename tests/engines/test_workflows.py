@@ -98,8 +98,14 @@ def test_batch_preparer_modes() -> None:
 
     labelled = {**_batch(), "finding_labels": torch.zeros(2, 14)}
     _, _, _, kwargs = ReportBatchPreparer("train")(labelled, "cpu")
-    assert kwargs["finding_labels"].shape == (2, 14)
+    assert kwargs["finding_labels"].shape == (2, 14) and "teacher_forcing" not in kwargs
     assert "finding_labels" not in ReportBatchPreparer("generate")(labelled, "cpu")[3]
+    # teacher forcing reaches the generator with the labels of an image batch, not without labels or in text mode
+    assert ReportBatchPreparer("train", teacher_forcing=0.5)(labelled, "cpu")[3]["teacher_forcing"] == 0.5
+    assert "teacher_forcing" not in ReportBatchPreparer("train", teacher_forcing=0.5)(_batch(), "cpu")[3]
+    assert "teacher_forcing" not in ReportBatchPreparer("text", teacher_forcing=0.5)(labelled, "cpu")[3]
+    with pytest.raises(ValueError, match="teacher_forcing"):
+        ReportBatchPreparer("train", teacher_forcing=1.5)
     # text mode: images and labels feed the finding head only, the LLM sees no image positions
     images, _, _, kwargs = ReportBatchPreparer("text")(labelled, "cpu")
     assert images.shape == (2, 2, 1, 8, 8) and kwargs["text_only"] is True

@@ -203,3 +203,62 @@ def test_findings_only_trains_the_head_without_running_the_llm(make_model, repor
         model(batch["image"], view_mask=batch["view_mask"], findings_only=True)
     with pytest.raises(ValueError, match="has none"):
         apply_stage(make_model(), "encoder_warmup")
+
+
+def test_teacher_forcing_puts_the_report_labels_in_the_finding_prompts(make_model, reports):
+    model = make_model(finding_head=True, finding_prompts=True)
+    apply_stage(model, "stage2")
+    model.eval()  # no dropout: equal inputs give equal losses
+    batch = _labelled_batch(model, reports)
+    labels = batch["finding_labels"]
+    with torch.no_grad():
+        predicted = _forward(model, batch, finding_labels=labels)
+        forced = _forward(model, batch, finding_labels=labels, teacher_forcing=1.0)
+        flipped = _forward(model, batch, finding_labels=1 - labels, teacher_forcing=1.0)
+        none = _forward(model, batch, finding_labels=labels, teacher_forcing=0.0)
+        # the same LM loss as when the prompts are given those labels by hand
+        embeds, mask = model.prepare_inputs_embeds(batch["input_ids"], batch["attention_mask"], batch["image"],
+                                                   batch["view_mask"], finding_probabilities=labels)  # fmt: skip
+        by_hand = model.llm(inputs_embeds=embeds, attention_mask=mask, labels=batch["labels"],
+                            position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).loss  # fmt: skip
+    torch.testing.assert_close(forced.lm_loss, by_hand)
+    assert not torch.allclose(forced.lm_loss, predicted.lm_loss)
+    assert not torch.allclose(forced.lm_loss, flipped.lm_loss)
+    torch.testing.assert_close(none.lm_loss, predicted.lm_loss)
+    # the head still learns from the images, whatever fills the prompts
+    torch.testing.assert_close(forced.finding_loss, predicted.finding_loss)
+
+    # a share: each study takes the labels or the prediction, never a mixture
+    torch.manual_seed(0)
+    head = model.finding_probabilities(model.encode_views(batch["image"], batch["view_mask"]), batch["view_mask"])
+    rows = set()
+    for _ in range(20):
+        values = model._forced_probabilities(
+            model.encode_views(batch["image"], batch["view_mask"]), batch["view_mask"], labels, 0.5
+        )
+        for i in range(len(labels)):
+            if torch.equal(values[i], labels[i]):
+                rows.add((i, "labels"))
+            else:
+                torch.testing.assert_close(values[i], head[i])
+                rows.add((i, "head"))
+    assert {kind for _, kind in rows} == {"labels", "head"}
+
+
+def test_hard_finding_prompts_binarise_the_head(make_model, reports, tmp_path):
+    with pytest.raises(ModelConfigError, match="hard_finding_prompts needs finding_prompts"):
+        make_model(finding_head=True, hard_finding_prompts=True)
+    model = make_model(finding_head=True, finding_prompts=True, hard_finding_prompts=True)
+    batch = _labelled_batch(model, reports)
+    model.eval()
+    with torch.no_grad():
+        model.finding_head.bias.copy_(torch.linspace(-3, 3, 14))  # some labels above 0.5, some below
+        tokens = model.encode_views(batch["image"], batch["view_mask"])
+        soft = torch.sigmoid(model.finding_logits(tokens, batch["view_mask"]))
+        hard = model.finding_probabilities(tokens, batch["view_mask"])
+        prompts, _ = model.encode_images(batch["image"], batch["view_mask"])
+    assert set(hard.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(hard, (soft > 0.5).float())
+    torch.testing.assert_close(prompts[:, -14:], model.finding_prompts(hard))
+    model.save_pretrained(tmp_path / "m")
+    assert RadiologyReportGenerator.from_pretrained(tmp_path / "m").config.hard_finding_prompts
