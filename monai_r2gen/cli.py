@@ -95,6 +95,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         chexbert_checkpoint=args.chexbert_checkpoint,
         chexbert_tokenizer=args.chexbert_tokenizer,
         radgraph_dir=args.radgraph_dir,
+        findings=args.findings,
+        ceiling=args.ceiling,
+        nlg_metrics=args.nlg_metrics.split(",") if args.nlg_metrics else None,
     )
     print(format_score_table(scores))
     if args.output:
@@ -296,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--chexbert-checkpoint", default=None, help="local chexbert.pth (optional CheXbert F1)")
     evaluate.add_argument("--chexbert-tokenizer", default=None, help="local BERT tokenizer folder for CheXbert")
     evaluate.add_argument("--radgraph-dir", default=None, help="local RadGraph model folder (optional RadGraph F1)")
+    evaluate.add_argument(
+        "--nlg-metrics", default=None, help="comma-separated subset of BLEU,METEOR,ROUGE-L,CIDEr (default: all)"
+    )
+    evaluate.add_argument(
+        "--findings",
+        default=None,
+        help="findings.json (or {study_id: [{kind, side, severity}]}): adds finding side / severity accuracy",
+    )
+    evaluate.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="with --findings (a phantom findings.json): add the paraphrase ceiling and BLEU-4 / ceiling",
+    )
     evaluate.set_defaults(func=_cmd_evaluate)
 
     from monai_r2gen.analysis.cli import add_analyze_parser  # argparse only: no heavy import

@@ -12,10 +12,17 @@ What is computed, and on which text:
   then tokenized (``tokenize``). References are used whole, never truncated.
 * CE (:func:`monai_r2gen.metrics.ce_scores`): the CheXpert labeler reads the *raw* texts (it does its own
   normalisation and needs the punctuation that cleaning removes).
+* Finding attributes (``findings=``, :func:`monai_r2gen.metrics.attributes.attribute_scores`): mention recall, side
+  and severity accuracy beside their majority priors, read from the *raw* generated texts and scored against the
+  findings file (a phantom ``findings.json`` or ``{study_id: [{"kind", "side", "severity"}, ...]}``).
+* Paraphrase ceiling (``ceiling=True``, :func:`paraphrase_ceiling`): the NLG scores of the references' own findings
+  re-written by the phantom report writer with other paraphrase seeds, on the same NLG path; with it
+  ``"BLEU-4/ceiling"``, the share of the reachable BLEU-4 a model attains.
 
 The returned dict (also written as JSON to ``output``) is ``{"scores": {...}, "per_label": {...},
-"settings": {...}}``; ``settings`` records the files, split, number of reports, tokenization, cleaning style,
-uncertain-label mapping and the other CE conventions, so that a number can always be traced to how it was made.
+"settings": {...}}`` (plus ``"attributes"`` and ``"ceiling"`` when asked for); ``settings`` records the files, split,
+number of reports, tokenization, cleaning style, uncertain-label mapping and the other CE conventions, so that a
+number can always be traced to how it was made.
 """
 
 from __future__ import annotations
@@ -29,17 +36,29 @@ from typing import Any
 
 from monai_r2gen.data.datasets import read_manifest
 from monai_r2gen.data.reports import clean_report
+from monai_r2gen.data.synthetic.ceiling import rewrite_reports
 from monai_r2gen.errors import InputFileError, MetricError
+from monai_r2gen.metrics.attributes import attribute_score_keys, attribute_scores, format_attribute_table, load_findings
 from monai_r2gen.metrics.clinical import UNCERTAIN_POLICIES, ce_score_keys, ce_scores
 from monai_r2gen.metrics.external import RADGRAPH_KEYS, chexbert_scores, radgraph_scores
 from monai_r2gen.metrics.nlg import NLG_KEYS, TOKENIZERS, nlg_scores
 
-__all__ = ["PREDICTION_FIELDS", "read_predictions", "evaluate_files", "format_score_table"]
+__all__ = [
+    "PREDICTION_FIELDS",
+    "DEFAULT_CEILING_SEEDS",
+    "read_predictions",
+    "cleaned_nlg_scores",
+    "paraphrase_ceiling",
+    "evaluate_files",
+    "format_score_table",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Fields of a prediction line that may hold the generated report, in order of preference.
 PREDICTION_FIELDS: tuple[str, ...] = ("report", "prediction", "pred_report", "generated")
+#: paraphrase seeds of the ceiling
+DEFAULT_CEILING_SEEDS: tuple[int, ...] = (1, 2, 3)
 _SHOWN_IDS = 5
 
 
@@ -103,6 +122,77 @@ def read_predictions(path: str | os.PathLike) -> dict[str, str]:
     return predictions
 
 
+def cleaned_nlg_scores(
+    references: Sequence[str],
+    hypotheses: Sequence[str],
+    clean_style: str = "mimic_cxr",
+    tokenize: str = "simple",
+    metrics: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """The NLG path of :func:`evaluate_files`: both sides cleaned with ``clean_report(text, clean_style)``, then
+    :func:`~monai_r2gen.metrics.nlg_scores` with ``tokenize`` and ``metrics``."""
+    clean_refs = [clean_report(t, clean_style) for t in references]
+    clean_hyps = [clean_report(t, clean_style) for t in hypotheses]
+    return nlg_scores(clean_refs, clean_hyps, tokenize=tokenize, metrics=metrics)
+
+
+def paraphrase_ceiling(
+    findings_file: str | os.PathLike,
+    study_ids: Sequence[str],
+    references: Sequence[str],
+    seeds: Sequence[int] = DEFAULT_CEILING_SEEDS,
+    section: str = "findings",
+    tokenize: str = "simple",
+    clean_style: str = "mimic_cxr",
+    nlg_metrics: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """NLG scores of the studies' own findings re-written with other paraphrases: what a perfect model can reach.
+
+    For each seed, every study's report is re-written from ``findings.json``
+    (:func:`~monai_r2gen.data.synthetic.ceiling.rewrite_reports`) and scored against ``references`` on the same path
+    as :func:`evaluate_files` (:func:`cleaned_nlg_scores`).
+
+    Args:
+        findings_file: the phantom generator's ``findings.json``.
+        study_ids: the scored studies.
+        references: their reference reports, same order.
+        seeds: paraphrase seeds (one re-write of every study per seed).
+        section: what the references hold: ``"findings"`` (annotation.json's ``report``), ``"impression"`` or
+            ``"full"`` (``report_full``).
+        tokenize: NLG tokenization (as :func:`evaluate_files`).
+        clean_style: cleaning of both sides (as :func:`evaluate_files`).
+        nlg_metrics: subset of ``("BLEU", "METEOR", "ROUGE-L", "CIDEr")``; default all.
+
+    Returns:
+        ``{"mean": {name: float}, "per_seed": {seed: {name: float}}, "seeds": [...], "section": ...,
+        "num_reports": n}``; ``mean`` is the mean over seeds of each NLG score.
+
+    Raises:
+        MetricError: no seed, different numbers of study ids and references, or NLG input errors.
+        InputFileError: unreadable or malformed findings file, or a study it does not hold.
+        ValueError: unknown ``section``.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise MetricError("paraphrase_ceiling needs at least one seed")
+    if len(study_ids) != len(references):
+        raise MetricError(f"{len(study_ids)} study ids but {len(references)} references; they must pair up")
+    per_seed: dict[int, dict[str, float]] = {}
+    for seed in seeds:
+        rewrites = rewrite_reports(findings_file, study_ids, seed, section=section)
+        per_seed[seed] = cleaned_nlg_scores(references, rewrites, clean_style, tokenize, nlg_metrics)
+    keys = list(per_seed[seeds[0]])
+    mean = {k: float(sum(per_seed[s][k] for s in seeds) / len(seeds)) for k in keys}
+    logger.info("paraphrase ceiling over %d seeds: BLEU-4 %s", len(seeds), mean.get("BLEU-4"))
+    return {"mean": mean, "per_seed": per_seed, "seeds": seeds, "section": section, "num_reports": len(references)}
+
+
+def _reference_section(references: Sequence[str]) -> str:
+    """``"full"`` when every reference carries the FINDINGS header (annotation.json's ``report_full``), else
+    ``"findings"`` (its ``report``)."""
+    return "full" if all(r.lstrip().upper().startswith("FINDINGS:") for r in references) else "findings"
+
+
 def evaluate_files(
     predictions: str | os.PathLike,
     references: str | os.PathLike,
@@ -115,6 +205,9 @@ def evaluate_files(
     chexbert_checkpoint: str | os.PathLike | None = None,
     chexbert_tokenizer: str | os.PathLike | None = None,
     radgraph_dir: str | os.PathLike | None = None,
+    findings: str | os.PathLike | None = None,
+    ceiling: bool = False,
+    ceiling_seeds: Sequence[int] = DEFAULT_CEILING_SEEDS,
 ) -> dict[str, Any]:
     """Score a predictions file against the reports of a manifest split.
 
@@ -133,23 +226,36 @@ def evaluate_files(
         chexbert_tokenizer: local ``bert-base-uncased`` tokenizer folder or ``vocab.txt``.
         radgraph_dir: local RadGraph model folder (see :func:`monai_r2gen.metrics.external.radgraph_scores`); adds
             ``"RadGraph-simple/partial/complete"`` (raw texts). Skipped when ``None``.
+        findings: ground-truth findings with sides and severities, read with
+            :func:`~monai_r2gen.metrics.attributes.load_findings` (a phantom ``findings.json`` or
+            ``{study_id: [{"kind", "side", "severity"}]}``); adds the ``"attr/..."`` scores (raw texts) and
+            ``"attributes"`` (``per_kind`` table and ``overall`` counts). Every scored study must be in it.
+        ceiling: also compute :func:`paraphrase_ceiling` (needs a phantom ``findings.json``); adds ``"ceiling/<NLG
+            score>"`` (mean over seeds), ``"BLEU-4/ceiling"`` and ``"ceiling"`` (per seed). The re-written section
+            follows the references: ``"full"`` when they carry the FINDINGS header, else ``"findings"``.
+        ceiling_seeds: paraphrase seeds of the ceiling.
 
     Returns:
-        ``{"scores": {name: float}, "per_label": {...}, "settings": {...}}``.
+        ``{"scores": {name: float}, "per_label": {...}, "settings": {...}}`` (and ``"attributes"``, ``"ceiling"``).
 
     Raises:
-        MetricError: a reference id has no prediction (the message lists a few), no reference has a report, or an
-            unknown ``uncertain`` / ``tokenize`` value.
+        MetricError: a reference id has no prediction (the message lists a few), no reference has a report, an
+            unknown ``uncertain`` / ``tokenize`` value, or ``ceiling`` without ``findings``.
         ReportError: unknown ``clean_style``.
-        ManifestError / InputFileError: unreadable or malformed files.
+        ManifestError / InputFileError: unreadable or malformed files, or a scored study missing from ``findings``.
     """
     # option errors first, before any file is read or Java is started
+    if ceiling and findings is None:
+        raise MetricError("the paraphrase ceiling needs a findings file (findings=... / --findings)")
+    if ceiling and not list(ceiling_seeds):
+        raise MetricError("the paraphrase ceiling needs at least one seed")
     if uncertain not in UNCERTAIN_POLICIES:
         raise MetricError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
     if tokenize not in TOKENIZERS:
         raise MetricError(f"tokenize must be one of {TOKENIZERS}, got {tokenize!r}")
     clean_report("", clean_style)  # raises ReportError for an unknown style
     preds = read_predictions(predictions)
+    truth = load_findings(findings) if findings is not None else None
     items = read_manifest(references, split=split)
     without_report = [it["id"] for it in items if not it.get("report", "").strip()]
     if without_report:
@@ -175,13 +281,24 @@ def evaluate_files(
         logger.warning("%d prediction id(s) are not in split %r of the references and are ignored: %s",
                        len(extra), split, _few(extra))  # fmt: skip
 
+    if truth is not None:
+        no_truth = [it["id"] for it in items if it["id"] not in truth]
+        if no_truth:
+            raise InputFileError(findings, f"no findings for {len(no_truth)} of {len(items)} scored study id(s) of "
+                                           f"split {split!r}: {_few(no_truth)}")  # fmt: skip
+
     raw_refs = [it["report"] for it in items]
     raw_hyps = [preds[it["id"]] for it in items]
-    clean_refs = [clean_report(t, clean_style) for t in raw_refs]
-    clean_hyps = [clean_report(t, clean_style) for t in raw_hyps]
 
-    nlg = nlg_scores(clean_refs, clean_hyps, tokenize=tokenize, metrics=nlg_metrics)
+    nlg = cleaned_nlg_scores(raw_refs, raw_hyps, clean_style, tokenize, nlg_metrics)
     ce = ce_scores(raw_refs, raw_hyps, uncertain=uncertain)
+    attrs = attribute_scores(raw_hyps, [truth[it["id"]] for it in items]) if truth is not None else None
+    ceiling_result = None
+    if ceiling:
+        ceiling_result = paraphrase_ceiling(
+            findings, [it["id"] for it in items], raw_refs, seeds=ceiling_seeds, section=_reference_section(raw_refs),
+            tokenize=tokenize, clean_style=clean_style, nlg_metrics=nlg_metrics,
+        )  # fmt: skip
 
     chexbert = chexbert_scores(raw_refs, raw_hyps, chexbert_checkpoint, chexbert_tokenizer, uncertain=uncertain)
     radgraph = radgraph_scores(raw_refs, raw_hyps, radgraph_dir)
@@ -191,6 +308,12 @@ def evaluate_files(
         scores.update({f"CheXbert {k}": chexbert[f"CheXbert {k}"] for k in ce_score_keys()})
     if radgraph is not None:
         scores.update({k: radgraph[k] for k in RADGRAPH_KEYS})
+    if attrs is not None:
+        scores.update({k: attrs[k] for k in attribute_score_keys() if k in attrs})
+    if ceiling_result is not None:
+        scores.update({f"ceiling/{k}": v for k, v in ceiling_result["mean"].items()})
+        if "BLEU-4" in nlg and ceiling_result["mean"].get("BLEU-4"):
+            scores["BLEU-4/ceiling"] = nlg["BLEU-4"] / ceiling_result["mean"]["BLEU-4"]
     result: dict[str, Any] = {
         "scores": scores,
         "per_label": ce["per_label"],
@@ -210,10 +333,27 @@ def evaluate_files(
             "ce": {**ce["settings"], "text": "raw (uncleaned) reports"},
             "chexbert": None if chexbert is None else os.path.abspath(chexbert_checkpoint),
             "radgraph": None if radgraph is None else os.path.abspath(radgraph_dir),
+            "findings": None if findings is None else os.path.abspath(findings),
+            "attributes": None if attrs is None else {**attrs["settings"], "text": "raw (uncleaned) reports"},
+            "ceiling": None if ceiling_result is None else {
+                "seeds": ceiling_result["seeds"],
+                "section": ceiling_result["section"],
+                "writer": "monai_r2gen.data.synthetic.reports.write_report, other paraphrase streams",
+                "nlg": "same cleaning and tokenization as the scores",
+            },
         },
     }
     if chexbert is not None:
         result["per_label_chexbert"] = chexbert["CheXbert per_label"]
+    if attrs is not None:
+        result["attributes"] = {"per_kind": attrs["per_kind"], "overall": attrs["overall"]}
+    if ceiling_result is not None:
+        result["ceiling"] = {
+            "mean": ceiling_result["mean"],
+            "per_seed": {str(k): v for k, v in ceiling_result["per_seed"].items()},
+            "seeds": ceiling_result["seeds"],
+            "section": ceiling_result["section"],
+        }
     if output is not None:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,8 +365,9 @@ def evaluate_files(
 def format_score_table(scores: Mapping[str, Any]) -> str:
     """Human-readable table of a result of :func:`evaluate_files` (or of a flat ``{name: float}`` dict).
 
-    NLG scores come first, then one row per CE label set with micro / macro / example P, R, F1, then the settings that
-    change the numbers (cleaning, tokenization, uncertain mapping).
+    NLG scores come first, then one row per CE label set with micro / macro / example P, R, F1, then the finding
+    attribute table (per kind: n, mention recall, side and severity accuracy beside their priors) and the paraphrase
+    ceiling when present, then the settings that change the numbers (cleaning, tokenization, uncertain mapping).
 
     Args:
         scores: the result dict, or a flat mapping of score names to floats.
@@ -251,6 +392,25 @@ def format_score_table(scores: Mapping[str, Any]) -> str:
         for row in ce_rows:
             lines.append(f"{row:{width}}" + "".join(f"{flat[f'{row} {c}']:11.4f}" for c in cols))
     known = set(NLG_KEYS) | {p + k for p in ("", "CheXbert ") for k in ce_score_keys()}
+    attributes = scores.get("attributes")
+    if isinstance(attributes, Mapping) and attributes.get("per_kind"):
+        lines.append("")
+        lines.append("finding attributes (accuracy among mentioned findings; prior = always the most frequent value):")
+        lines.append(format_attribute_table(attributes))
+        known |= {k for k in flat if k.startswith("attr/")}
+    ceiling = scores.get("ceiling")
+    if isinstance(ceiling, Mapping) and ceiling.get("mean"):
+        lines.append("")
+        mean = ceiling["mean"]
+        per_seed = ceiling.get("per_seed", {})
+        seeds = ", ".join(f"{s}: {v.get('BLEU-4', float('nan')):.4f}" for s, v in per_seed.items())
+        lines.append(f"paraphrase ceiling ({ceiling.get('section')} re-written, seeds {seeds})")
+        cols = [k for k in NLG_KEYS if k in mean]
+        lines.append("  ".join(f"{k:>8}" for k in cols))
+        lines.append("  ".join(f"{mean[k]:8.4f}" for k in cols))
+        if "BLEU-4/ceiling" in flat:
+            lines.append(f"BLEU-4 / ceiling: {flat['BLEU-4/ceiling']:.4f}")
+        known |= {k for k in flat if k.startswith("ceiling/")} | {"BLEU-4/ceiling"}
     others = [(k, v) for k, v in flat.items() if k not in known and isinstance(v, (int, float))]
     if others:
         lines.append("")

@@ -162,3 +162,69 @@ def test_help_and_package_imports_stay_light() -> None:
             "assert not heavy, heavy")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def phantom_eval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """100 phantom studies (their 20 test studies are scored) with perfect and side-swapped predictions."""
+    from monai_r2gen.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("phantom_eval")
+    summary = generate_dataset(root / "data", 100, seed=2, image_size=64, formats=("png",))
+    test = json.loads(Path(summary["annotation"]).read_text())["test"]
+    swap = {"right": "left", "left": "right", "Right": "Left", "Left": "Right"}
+    files = {"annotation": Path(summary["annotation"]), "findings": Path(summary["findings"])}
+    for name, edit in (("perfect", lambda t: t), ("swapped", lambda t: " ".join(swap.get(w, w) for w in t.split(" ")))):
+        files[name] = root / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps({"id": e["id"], "report": edit(e["report"])}) + "\n" for e in test))
+    return files
+
+
+def _evaluate(files: dict[str, Path], predictions: str, *extra: str) -> list[str]:
+    return ["evaluate", "--predictions", str(files[predictions]), "--references", str(files["annotation"]),
+            "--nlg-metrics", "BLEU,ROUGE-L,CIDEr", *extra]  # fmt: skip
+
+
+def test_evaluate_with_findings_and_ceiling(phantom_eval, tmp_path, capsys) -> None:
+    out = tmp_path / "scores.json"
+    code = main(_evaluate(phantom_eval, "perfect", "--findings", str(phantom_eval["findings"]), "--ceiling",
+                          "--output", str(out)))  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(out.read_text())
+    scores = result["scores"]
+    assert scores["BLEU-4"] == pytest.approx(1.0) and "METEOR" not in scores
+    assert scores["attr/mention_recall"] == scores["attr/side_accuracy"] == scores["attr/severity_accuracy"] == 1.0
+    assert 0.0 < scores["attr/side_prior"] < 1.0
+    assert result["attributes"]["per_kind"] and result["attributes"]["overall"]["n"] > 0
+    assert result["settings"]["findings"] == str(phantom_eval["findings"].resolve())
+    assert result["settings"]["ceiling"]["seeds"] == [1, 2, 3]
+    assert result["settings"]["ceiling"]["section"] == "findings"
+    assert 0.2 < scores["ceiling/BLEU-4"] < 0.6
+    assert scores["BLEU-4/ceiling"] == pytest.approx(scores["BLEU-4"] / scores["ceiling/BLEU-4"])
+    assert set(result["ceiling"]["per_seed"]) == {"1", "2", "3"}
+    for text in ("finding attributes", "all (micro)", "paraphrase ceiling (findings re-written", "BLEU-4 / ceiling"):
+        assert text in captured.out
+
+    # swapping right and left keeps the kinds and sizes, and breaks every one-sided finding
+    assert main(_evaluate(phantom_eval, "swapped", "--findings", str(phantom_eval["findings"]), "--output",
+                          str(out))) == 0  # fmt: skip
+    swapped = json.loads(out.read_text())
+    assert swapped["scores"]["attr/mention_recall"] == 1.0 and swapped["scores"]["attr/severity_accuracy"] == 1.0
+    for kind, row in swapped["attributes"]["per_kind"].items():
+        if kind in ("pneumothorax", "consolidation", "lung_nodule", "rib_fracture"):  # never bilateral
+            assert row["side_accuracy"] == 0.0, kind
+    assert swapped["settings"]["ceiling"] is None and "ceiling" not in swapped
+    assert "paraphrase ceiling" not in capsys.readouterr().out
+
+
+def test_evaluate_findings_errors_take_the_normal_error_path(phantom_eval, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"syn000001": [{"kind": "pneumonia"}]}')
+    assert main(_evaluate(phantom_eval, "perfect", "--findings", str(bad))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: ") and "unknown kind 'pneumonia'" in err and "Traceback" not in err
+    assert main(_evaluate(phantom_eval, "perfect", "--ceiling")) == 2
+    assert "needs a findings file" in capsys.readouterr().err
+    assert main(_evaluate(phantom_eval, "perfect", "--findings", str(tmp_path / "missing.json"))) == 2
+    assert "missing.json: findings file not found" in capsys.readouterr().err

@@ -360,13 +360,14 @@ def prompt_token_map(
 
     Returns:
         ``(weights (B, K, rows*cols), (rows, cols))``; row ``k`` of ``weights`` is the share of prompt ``k`` that
-        comes from each grid cell of the first view (sums to 1 for the resampler with "mean" fusion; identity rows
-        for token-wise projectors).
+        comes from each grid cell of the first view (sums to 1 for the resampler and the attention pool with "mean"
+        fusion: their attention weights; the grid projector's pooling regions; identity rows for token-wise
+        projectors).
 
     Raises:
         ValueError: a pooled encoder (no grid), or a projector this mapping does not know.
     """
-    from monai_r2gen.networks.projectors import AttentionResampler, Projector
+    from monai_r2gen.networks.projectors import AttentionPoolProjector, AttentionResampler, GridPoolProjector, Projector
 
     n_view = int(network.encoder.num_tokens)
     offset, rows, cols = token_grid(n_view)
@@ -382,6 +383,13 @@ def prompt_token_map(
         finally:
             hooks.close()
         token_weights = torch.stack(hooks.weights).mean(0).cpu()  # (B, K, T)
+    elif isinstance(projector, AttentionPoolProjector):
+        vmask = None if view_mask is None else view_mask.to(device)
+        tokens = network.encode_views(images.to(device), vmask)
+        fused, token_mask = network.fusion(tokens.float(), vmask)
+        token_weights = projector.attention(fused, token_mask).float().cpu()  # (B, K, T)
+    elif isinstance(projector, GridPoolProjector):
+        token_weights = projector.region_weights(total).expand(batch, -1, -1)
     elif isinstance(projector, Projector):
         token_weights = torch.eye(total).expand(batch, -1, -1)
     else:

@@ -201,9 +201,11 @@ def compute_report_scores(
 ) -> dict[str, float]:
     """Every NLG and clinical-efficacy score of ``hypotheses`` against ``references`` as a flat dict.
 
-    Keys are those of :func:`monai_r2gen.metrics.nlg.nlg_scores` ("BLEU-4", "CIDEr" ...) and
+    Keys are those of :func:`monai_r2gen.metrics.nlg.nlg_scores` ("BLEU-4", "CIDEr" ...),
     :func:`monai_r2gen.metrics.clinical.ce_scores` ("CE-14 micro-F1", "CE-5 macro-F1" ...; per-label scores as
-    "per_label/<observation>/<score>"); the CE settings block is left out.
+    "per_label/<observation>/<score>"; the CE settings block is left out) and, with ``clinical``, the finding-attribute
+    scores of :func:`monai_r2gen.metrics.attributes.attribute_scores` ("attr/side_accuracy" ...) with the findings
+    the references state (:func:`~monai_r2gen.data.finding_attributes.report_findings`) as the truth.
 
     Args:
         references: reference reports.
@@ -227,6 +229,12 @@ def compute_report_scores(
         ce = dict(ce_scores(list(references), list(hypotheses), **kwargs))
         ce.pop("settings", None)
         scores.update(flatten_scores(ce))
+        # finding attributes (side, size), the truth read from the references (exact on the phantoms' reports)
+        from monai_r2gen.data.finding_attributes import report_findings
+        from monai_r2gen.metrics.attributes import attribute_scores
+
+        attrs = attribute_scores(list(hypotheses), [report_findings(r) for r in references])
+        scores.update({k: v for k, v in attrs.items() if isinstance(v, float)})
     return scores
 
 

@@ -15,7 +15,8 @@ deep            all weights          trained    frozen               yes
 ==============  ===================  =========  ===================  ==========
 
 ``encoder_warmup`` trains a randomly initialised encoder and the generator's finding head on the finding labels of
-the training reports alone (binary cross-entropy; the LLM is not run, so an iteration costs only the encoder's
+the training reports alone (with an attribute head, the projector and that head too, on the findings' presence and
+attributes) (binary cross-entropy; the LLM is not run, so an iteration costs only the encoder's
 forward and backward pass): the embedded default's CNN needs a few hundred such iterations before its features carry
 the findings, and these are ~5x cheaper than iterations that also run the LLM.
 
@@ -37,6 +38,7 @@ them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +83,7 @@ STAGES: dict[str, StagePreset] = {
     p.name: p
     for p in (
         StagePreset("encoder_warmup", "full", False, "frozen", False,
-                    "encoder warm-up: encoder + finding head on the report labels, no LLM", findings_only=True),
+                    "encoder warm-up: encoder (+ projector) and the auxiliary heads, no LLM", findings_only=True),
         StagePreset("stage0", "frozen", False, "full", True, "LM warm-up: every LLM weight, report text only"),
         StagePreset("stage1", "frozen", True, "frozen", False, "alignment: projector (encoder optional)"),
         StagePreset("stage2", "frozen", True, "lora", False, "projector + LLM LoRA (encoder optional)"),
@@ -105,7 +107,12 @@ def get_stage(stage: str | StagePreset) -> StagePreset:
     return STAGES[stage]
 
 
-def apply_stage(model: nn.Module, stage: str | StagePreset, train_encoder: str | bool | None = None) -> dict[str, Any]:
+def apply_stage(
+    model: nn.Module,
+    stage: str | StagePreset,
+    train_encoder: str | bool | None = None,
+    train_projector: bool | None = None,
+) -> dict[str, Any]:
     """Set which parameters of a :class:`~monai_r2gen.networks.RadiologyReportGenerator` train.
 
     LoRA adapters are attached on first use (settings from the model's config); the embeddings were already resized
@@ -115,6 +122,7 @@ def apply_stage(model: nn.Module, stage: str | StagePreset, train_encoder: str |
         model: the generator.
         stage: preset name or :class:`StagePreset`.
         train_encoder: override the preset's encoder mode: "frozen" / False, "lora", "full" / True.
+        train_projector: override whether the preset trains view fusion, projector and attribute head.
 
     Returns:
         :func:`trainable_summary` of the model, plus "stage", "text_only" and "findings_only".
@@ -123,8 +131,12 @@ def apply_stage(model: nn.Module, stage: str | StagePreset, train_encoder: str |
         ValueError: a findings-only preset for a model without a finding head.
     """
     preset = get_stage(stage)
-    if preset.findings_only and getattr(model, "finding_head", None) is None:
-        raise ValueError(f"stage {preset.name} trains the finding head, but the model has none (finding_head=False)")
+    if train_projector is not None:
+        preset = dataclasses.replace(preset, projector=bool(train_projector))
+    attribute_head = getattr(model, "attribute_head", None) is not None
+    if preset.findings_only and getattr(model, "finding_head", None) is None and not attribute_head:
+        raise ValueError(f"stage {preset.name} trains the visual path on its auxiliary heads, but the model has none "
+                         "(finding_head and attribute_head are off)")
     encoder_mode = preset.encoder
     if train_encoder is not None:
         encoder_mode = {True: "full", False: "frozen"}.get(train_encoder, train_encoder)  # type: ignore[arg-type]
@@ -145,10 +157,13 @@ def apply_stage(model: nn.Module, stage: str | StagePreset, train_encoder: str |
             model.trained.add(part)
     for name, param in groups["projector"]:
         # the finding head is the encoder's auxiliary classifier: it trains with the projector or with the encoder;
-        # the finding prompts are what the LLM reads labels from: they train with the projector or a fully trained LLM
+        # the finding prompts are what the LLM reads labels from: they train with the projector or a fully trained LLM;
+        # the attribute head reads the projector's prompts: in a findings-only stage it trains with the projector
+        # (view fusion included), as the projector does with it
         head = name.startswith("finding_head.") and encoder_mode != "frozen"
         prompts = name.startswith("finding_prompts.") and preset.llm == "full"
-        param.requires_grad_(preset.projector or head or prompts)
+        visual = preset.findings_only and attribute_head and not name.startswith(("finding_head.", "finding_prompts."))
+        param.requires_grad_(preset.projector or head or prompts or visual)
 
     summary = trainable_summary(model)
     summary.update(stage=preset.name, text_only=preset.text_only, findings_only=preset.findings_only)

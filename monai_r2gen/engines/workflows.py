@@ -86,6 +86,7 @@ DEFAULT_STAGE_SETTINGS: dict[str, Any] = {
     "preset": None,  # freeze preset in engines/stages.py: stage0/1/2, shallow, delta, deep (default: the name)
     "text_only": None,  # report text without images (default: the preset's; True for stage0)
     "train_encoder": None,  # None: the preset's; False/"frozen", "lora", True/"full"
+    "train_projector": None,  # None: the preset's; True / False (view fusion, projector and attribute head)
     "teacher_forcing": 0.0,  # share of studies whose finding prompts carry the report's labels (image stages)
     "lora": {},  # LLM LoRA settings when the preset uses LoRA: r, alpha, dropout, target_modules
     "encoder_lora": {},  # encoder LoRA settings (delta preset or train_encoder="lora")
@@ -289,6 +290,9 @@ class _SaverState:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+_ATTRIBUTE_KEYS = ("attribute_presence", "attribute_fields")
+
+
 class ReportBatchPreparer:
     """``prepare_batch`` for report-generation engines.
 
@@ -306,7 +310,9 @@ class ReportBatchPreparer:
       trains its finding head and encoder without running the LLM (encoder warm-up);
     - ``"generate"``: kwargs ``view_mask`` only (validation / inference).
 
-    In ``"train"`` mode a batch with ``finding_labels`` also passes ``teacher_forcing`` (when above 0): the share of
+    In every mode but ``"generate"``, ``attribute_presence`` and ``attribute_fields`` of the batch (targets of the
+    generator's attribute head, :class:`~monai_r2gen.data.finding_attributes.FindingAttributeTargetsd`) are passed
+    on. In ``"train"`` mode a batch with ``finding_labels`` also passes ``teacher_forcing`` (when above 0): the share of
     studies whose finding prompts carry their report's labels instead of the head's prediction.
 
     When the batch holds cached encoder tokens (``tokens_key``, ``(B, V, N, D)``) they are passed as
@@ -355,8 +361,12 @@ class ReportBatchPreparer:
                 images = move(torch.as_tensor(batchdata[self.image_key]))
             if batchdata.get("view_mask") is not None:
                 extra["view_mask"] = move(batchdata["view_mask"])
+        for key in _ATTRIBUTE_KEYS:  # targets of the generator's attribute head (it skips them while frozen)
+            if self.mode != "generate" and batchdata.get(key) is not None:
+                extra[key] = move(torch.as_tensor(batchdata[key]))
         if self.mode == "findings":
-            extra["finding_labels"] = move(torch.as_tensor(batchdata["finding_labels"]))
+            if batchdata.get("finding_labels") is not None:
+                extra["finding_labels"] = move(torch.as_tensor(batchdata["finding_labels"]))
             extra["findings_only"] = True
             return images, references, (), extra
         if self.mode != "generate":
@@ -541,6 +551,9 @@ class ReportTrainingWorkflow:
         resume: continue from the last checkpoints / completed stages found in ``output_dir``.
         stop_after_iterations: testing aid: stop the run (as if killed) after this many iterations of the current
             stage, without marking it complete.
+        findings_file: the studies' findings with their attributes (:func:`monai_r2gen.metrics.load_findings`
+            layouts), targets of an attribute head; default: ``findings.json`` beside the annotation file when it
+            exists (the phantoms write one). Studies it does not list have their attributes read from the report.
     """
 
     def __init__(
@@ -575,11 +588,13 @@ class ReportTrainingWorkflow:
         feature_cache_dir: str | os.PathLike | None = None,
         resume: bool = True,
         stop_after_iterations: int | None = None,
+        findings_file: str | os.PathLike | None = None,
     ) -> None:
         self._network_spec = network
         self.network: torch.nn.Module | None = network if isinstance(network, torch.nn.Module) else None
         self.dataset_dir = Path(dataset_dir)
         self.annotation_file = Path(annotation_file) if annotation_file else self.dataset_dir / "annotation.json"
+        self._findings_file = Path(findings_file) if findings_file else None
         self.output_dir = Path(output_dir)
         self.model_dir = Path(model_dir) if model_dir else self.output_dir / "model"
         self.stages = [StageSettings(s) for s in (stages if stages is not None else DEFAULT_STAGES)]
@@ -680,11 +695,26 @@ class ReportTrainingWorkflow:
         self.network.to(self.device)
         return self.network
 
+    @property
+    def findings_file(self) -> Path | None:
+        """The findings file in use (None: attributes are read from the reports)."""
+        if self._findings_file is not None:
+            return self._findings_file
+        default = self.annotation_file.parent / "findings.json"
+        return default if default.is_file() else None
+
     def _manifest_items(self, split: str) -> list[dict[str, Any]]:
         if split not in self._items:
             from monai_r2gen.data.datasets import read_manifest
 
-            self._items[split] = read_manifest(self.annotation_file, split=split, image_root=str(self.dataset_dir))
+            items = read_manifest(self.annotation_file, split=split, image_root=str(self.dataset_dir))
+            if self.findings_file is not None:
+                from monai_r2gen.metrics.attributes import load_findings
+
+                findings = load_findings(self.findings_file)
+                items = [{**item, "findings": findings[str(item["id"])]} if str(item["id"]) in findings else item
+                         for item in items]  # fmt: skip
+            self._items[split] = items
         return self._items[split]
 
     def _load_transform(self) -> Any:
@@ -725,6 +755,7 @@ class ReportTrainingWorkflow:
         with_images = not stage.text_only or (train and head and self._trains_encoder(stage))
         # finding labels: the head's target, and in a text-only stage the finding prompts' content
         with_labels = train and head and (with_images or getattr(network, "finding_prompts", None) is not None)
+        with_attributes = train and with_images and getattr(network, "attribute_head", None) is not None
         transforms: list[Any] = []
         if not with_images:
             transforms = [_DropKeyd("image"), self._tokenize_transform()]
@@ -748,6 +779,10 @@ class ReportTrainingWorkflow:
             from monai_r2gen.data.reports import ReportFindingLabelsd
 
             transforms.append(ReportFindingLabelsd(keys="report"))  # the report is cleaned by ReportDataset
+        if with_attributes:
+            from monai_r2gen.data.finding_attributes import FindingAttributeTargetsd
+
+            transforms.append(FindingAttributeTargetsd(keys="findings", report_key="report"))
         items = self._manifest_items(split)
         if not train and stage.val_max_studies:
             items = items[: int(stage.val_max_studies)]
@@ -821,7 +856,8 @@ class ReportTrainingWorkflow:
         encoder_lora = {k: v for k, v in dict(stage.encoder_lora or {}).items() if v is not None}
         if encoder_lora and (preset.encoder == "lora" or stage.train_encoder == "lora"):
             network.enable_encoder_lora(**encoder_lora)
-        summary = apply_stage(network, preset, train_encoder=stage.train_encoder)
+        summary = apply_stage(network, preset, train_encoder=stage.train_encoder,
+                              train_projector=stage.train_projector)
         if stage.text_only is None:
             stage["text_only"] = bool(summary.get("text_only", preset.text_only))
         return summary
@@ -1069,9 +1105,11 @@ class ReportTrainingWorkflow:
             for stage in self.stages:
                 if not stage.enabled:
                     continue
-                if self._preset(stage).findings_only and getattr(_unwrap(self.network), "finding_head", None) is None:
-                    logger.warning("stage %s skipped: it trains the finding head and the model has none "
-                                   "(network_config#finding_head false)", stage.name)  # fmt: skip
+                heads = [getattr(_unwrap(self.network), h, None) for h in ("finding_head", "attribute_head")]
+                if self._preset(stage).findings_only and all(h is None for h in heads):
+                    logger.warning("stage %s skipped: it trains the visual path on its auxiliary heads and the model "
+                                   "has none (network_config#finding_head and #attribute_head false)",
+                                   stage.name)  # fmt: skip
                     continue
                 done = self.resume and StageCompletion.is_complete(self.stage_dir(stage))
                 if done and (wanted is None or stage.name not in wanted):
@@ -1199,6 +1237,12 @@ class ReportEvaluationWorkflow:
         tokenize: NLG tokenization ("simple", "ptb", "none").
         max_studies: score only the first N studies.
         device: torch device.
+        findings_file: the studies' findings (:func:`monai_r2gen.metrics.load_findings` layouts); default:
+            ``findings.json`` beside the annotation file when it exists. With one, the finding-attribute scores
+            (:func:`monai_r2gen.metrics.attribute_scores`: mention recall, side and severity accuracy and their
+            priors) are added, and for the phantoms' own file also the paraphrase ceiling
+            (:func:`monai_r2gen.evaluation.paraphrase_ceiling`: ``ceiling/BLEU-4`` ..., ``BLEU-4/ceiling``).
+        ceiling_seeds: paraphrase seeds of the ceiling (empty: no ceiling).
     """
 
     def __init__(
@@ -1221,6 +1265,8 @@ class ReportEvaluationWorkflow:
         max_studies: int | None = None,
         num_workers: int = 0,
         device: str | torch.device | None = None,
+        findings_file: str | os.PathLike | None = None,
+        ceiling_seeds: Sequence[int] = (1, 2, 3),
     ) -> None:
         self.model_dir = Path(model_dir)
         self.dataset_dir = Path(dataset_dir)
@@ -1242,6 +1288,30 @@ class ReportEvaluationWorkflow:
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu"
         )
+        default = self.annotation_file.parent / "findings.json"
+        self.findings_file = Path(findings_file) if findings_file else (default if default.is_file() else None)
+        self.ceiling_seeds = [int(seed) for seed in ceiling_seeds]
+
+    def _attribute_results(self, ids: list[str], refs: list[str], hyps: list[str]) -> dict[str, Any]:
+        """Finding-attribute scores and, for a phantom findings file, the paraphrase ceiling."""
+        from monai_r2gen.evaluation import paraphrase_ceiling
+        from monai_r2gen.metrics.attributes import attribute_scores, load_findings
+
+        assert self.findings_file is not None
+        truth = load_findings(self.findings_file)
+        attrs = attribute_scores(hyps, [truth.get(i, []) for i in ids])
+        scores = {k: v for k, v in attrs.items() if isinstance(v, float)}
+        out: dict[str, Any] = {"scores": scores, "attributes": {"per_kind": attrs["per_kind"],
+                                                                "overall": attrs["overall"]}}  # fmt: skip
+        phantoms = '"generator"' in self.findings_file.read_text(encoding="utf-8")[:200]
+        if self.ceiling_seeds and phantoms:
+            ceiling = paraphrase_ceiling(self.findings_file, ids, refs, seeds=self.ceiling_seeds,
+                                         tokenize=self.tokenize, clean_style=self.report_style,
+                                         nlg_metrics=("BLEU", "ROUGE-L", "CIDEr"))  # fmt: skip
+            scores.update({f"ceiling/{k}": v for k, v in ceiling["mean"].items()})
+            out["ceiling"] = {"mean": ceiling["mean"], "seeds": ceiling["seeds"],
+                              "per_seed": {str(k): v for k, v in ceiling["per_seed"].items()}}  # fmt: skip
+        return out
 
     def run(self) -> dict[str, Any]:
         """Generate reports for the split, score them and write ``scores.json`` + ``reports.jsonl``."""
@@ -1295,6 +1365,15 @@ class ReportEvaluationWorkflow:
                 "seconds": round(time.perf_counter() - start, 2),
             },
         }
+        if self.findings_file is not None:
+            extra = self._attribute_results([row["id"] for row in writer.rows], refs, hyps)
+            result["scores"].update(extra.pop("scores"))
+            if result["scores"].get("ceiling/BLEU-4"):
+                result["scores"]["BLEU-4/ceiling"] = nlg["BLEU-4"] / result["scores"]["ceiling/BLEU-4"]
+                logger.info("BLEU-4 %.4f; paraphrase ceiling %.4f (ratio %.3f)", nlg["BLEU-4"],
+                            result["scores"]["ceiling/BLEU-4"], result["scores"]["BLEU-4/ceiling"])  # fmt: skip
+            result.update(extra)
+            result["settings"]["findings"] = str(self.findings_file)
         if is_main_process():
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "scores.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Metrics: NLG scores (pycocoevalcap) and clinical efficacy (CheXpert-14 labeler).
+"""Metrics: NLG scores (pycocoevalcap), clinical efficacy (CheXpert-14 labeler) and finding side / severity accuracy.
 
 Names are resolved lazily so that ``import monai_r2gen.metrics`` stays cheap.
 """
@@ -22,6 +22,11 @@ _EXPORTS = {
     "CheXbertLabeler": "monai_r2gen.metrics.external",
     "chexbert_scores": "monai_r2gen.metrics.external",
     "radgraph_scores": "monai_r2gen.metrics.external",
+    "read_finding_attributes": "monai_r2gen.metrics.attributes",
+    "load_findings": "monai_r2gen.metrics.attributes",
+    "attribute_scores": "monai_r2gen.metrics.attributes",
+    "attribute_score_keys": "monai_r2gen.metrics.attributes",
+    "format_attribute_table": "monai_r2gen.metrics.attributes",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

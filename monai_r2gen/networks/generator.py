@@ -53,6 +53,7 @@ from monai_r2gen.data.reports import DEFAULT_PROMPT, IGNORE_INDEX, IMAGE_TOKEN, 
 from monai_r2gen.data.tokenizer import add_image_token
 from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError
 from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
+from monai_r2gen.networks.attribute_head import FindingAttributeHead
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
 from monai_r2gen.networks.projectors import (
     FUSION_MODES,
@@ -157,6 +158,9 @@ class GeneratorConfig:
         resampler_dim: resampler width (None: min(LLM hidden, 512)).
         resampler_heads: resampler attention heads.
         resampler_layers: resampler layers.
+        grid_size: regions per side of the "grid" projector (``K = grid_size**2``).
+        prompt_scale: "layernorm" (the projector's LayerNorm starts at unit scale, norm about sqrt(H)) or
+            "embedding" (it starts at the LLM's word-embedding scale, so visual prompts and words begin alike).
         llm_path: local Hugging Face causal LM directory; None builds from ``llm_options`` (random init).
         llm_options: HF config of a model built from scratch (``{"model_type": "llama", ...}``); the vocabulary size
             and special token ids come from the tokenizer.
@@ -188,6 +192,10 @@ class GeneratorConfig:
         hard_finding_prompts: binarise the head's probabilities at 0.5 before they make the finding prompts, so the
             prompts of a prediction are exactly the prompts the language model was taught with the report labels
             (stage 0 and ``teacher_forcing``).
+        attribute_head: add a linear probe on the visual prompts that predicts each finding kind's presence and
+            attributes (side, size, lobe ...; :class:`~monai_r2gen.networks.attribute_head.FindingAttributeHead`),
+            an auxiliary loss on the visual path wherever the projector or encoder trains.
+        attribute_loss_weight: weight of the probe's loss added to the LM loss.
     """
 
     encoder: str = "small_cnn"
@@ -205,6 +213,8 @@ class GeneratorConfig:
     resampler_dim: int | None = None
     resampler_heads: int = 4
     resampler_layers: int = 1
+    grid_size: int = 4
+    prompt_scale: str = "layernorm"
     llm_path: str | None = None
     llm_options: dict[str, Any] = field(default_factory=lambda: dict(TINY_LLAMA))
     tokenizer_path: str | None = None
@@ -229,6 +239,8 @@ class GeneratorConfig:
     finding_loss_weight: float = 1.0
     finding_prompts: bool = False
     hard_finding_prompts: bool = False
+    attribute_head: bool = False
+    attribute_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -241,6 +253,9 @@ class GeneratorConfig:
              "give llm_path or llm_options with a model_type"),
             ((self.image_mean is None) == (self.image_std is None), "image_mean and image_std go together"),
             (self.finding_loss_weight >= 0, "finding_loss_weight must be >= 0"),
+            (self.attribute_loss_weight >= 0, "attribute_loss_weight must be >= 0"),
+            (self.grid_size >= 1, "grid_size must be >= 1"),
+            (self.prompt_scale in ("layernorm", "embedding"), "prompt_scale must be 'layernorm' or 'embedding'"),
             (self.finding_head or not self.finding_prompts, "finding_prompts needs finding_head"),
             (self.finding_prompts or not self.hard_finding_prompts, "hard_finding_prompts needs finding_prompts"),
         ]  # fmt: skip
@@ -497,6 +512,19 @@ class RadiologyReportGenerator(nn.Module):
                         len(CHEXPERT_LABELS), int(embedding.shape[1]), init_std=float(embedding.detach().float().std())
                     )
                     self._num_image_tokens += self.finding_prompts.num_labels
+        self.attribute_head: FindingAttributeHead | None = None
+        if config.attribute_head:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + 1)
+                hidden = int(self.llm.get_input_embeddings().weight.shape[1])
+                self.attribute_head = FindingAttributeHead(self._num_image_tokens, hidden)
+        if config.prompt_scale == "embedding":
+            norm = getattr(projector, "norm", None) or getattr(projector, "out_norm", None)
+            if not isinstance(norm, nn.LayerNorm) or norm.weight is None:
+                raise ModelConfigError(f"prompt_scale 'embedding' needs a projector ending in a LayerNorm, not "
+                                       f"{config.projector!r}")  # fmt: skip
+            with torch.no_grad():  # the saved weights replace this when a model is loaded
+                norm.weight.fill_(float(self.llm.get_input_embeddings().weight.detach().float().std()))
         self.bases = bases or {}
         self.trained: set[str] = set()  # components whose full weights were trained ("encoder", "llm")
 
@@ -593,7 +621,7 @@ class RadiologyReportGenerator(nn.Module):
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {"encoder": [], "projector": [], "llm": []}
         for name, param in self.named_parameters():
             part = name.split(".", 1)[0]
-            projector = part in ("fusion", "projector", "finding_head", "finding_prompts")
+            projector = part in ("fusion", "projector", "finding_head", "finding_prompts", "attribute_head")
             groups["projector" if projector else part].append((name, param))
         return groups
 
@@ -749,11 +777,13 @@ class RadiologyReportGenerator(nn.Module):
         view_mask: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
         finding_probabilities: torch.Tensor | None = None,
+        prompts: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """LLM input embeddings with the visual prompts written over the image token positions.
 
         Without images (text-only, stage 0) the image positions are hidden from attention instead.
-        ``finding_probabilities`` replace the head's prediction in the finding prompts (see :meth:`encode_images`).
+        ``finding_probabilities`` replace the head's prediction in the finding prompts (see :meth:`encode_images`);
+        ``prompts`` (``(prompts, prompt_mask)`` of :meth:`encode_images`) replace the images.
 
         Returns:
             ``(inputs_embeds, attention_mask)``.
@@ -765,9 +795,11 @@ class RadiologyReportGenerator(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         image_positions = input_ids == self.image_token_id
         embeds = self.llm.get_input_embeddings()(input_ids)
-        if images is None and visual_tokens is None:
+        if images is None and visual_tokens is None and prompts is None:
             return embeds, attention_mask.masked_fill(image_positions, 0)
-        prompts, prompt_mask = self.encode_images(images, view_mask, visual_tokens, finding_probabilities)
+        if prompts is None:
+            prompts = self.encode_images(images, view_mask, visual_tokens, finding_probabilities)
+        prompts, prompt_mask = prompts
         counts = image_positions.sum(dim=1)
         if prompts.shape[0] != input_ids.shape[0] or bool((counts != prompts.shape[1]).any()):
             raise ModelConfigError(
@@ -795,6 +827,8 @@ class RadiologyReportGenerator(nn.Module):
         text_only: bool = False,
         findings_only: bool = False,
         teacher_forcing: float = 0.0,
+        attribute_presence: torch.Tensor | None = None,
+        attribute_fields: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run the LLM on prompt + report with the visual prompts spliced in.
@@ -813,20 +847,27 @@ class RadiologyReportGenerator(nn.Module):
                 finding head (stage 0 warms the language model and the encoder up side by side). With finding
                 prompts, the report's own ``finding_labels`` fill the finding prompt positions (teacher forcing),
                 so the language model learns to read them while it learns the language.
-            findings_only: train the finding head alone: the LLM is not run and ``.loss`` is the head's binary
-                cross-entropy (encoder warm-up); needs the head, images (or ``visual_tokens``) and
-                ``finding_labels``.
+            findings_only: train the visual path alone: the LLM is not run and ``.loss`` is the finding head's
+                binary cross-entropy and / or the attribute head's loss (encoder warm-up); needs images (or
+                ``visual_tokens``) and the targets of a head the model has.
             teacher_forcing: with finding prompts, images and ``finding_labels``: the probability (per study) that
                 the finding prompts carry the report's labels instead of the head's prediction, so the language
                 model keeps learning to read them from clean labels while the head learns from the images.
+            attribute_presence: ``(B, 9)`` finding-kind presence targets of the attribute head
+                (:class:`~monai_r2gen.data.finding_attributes.FindingAttributeTargetsd`).
+            attribute_fields: ``(B, F)`` attribute-field targets of the attribute head; with both and a trainable
+                attribute head, ``.loss`` adds ``attribute_loss_weight`` times the head's loss on the visual prompts.
             **kwargs: passed to the LLM.
 
         Returns:
             The LLM's ``CausalLMOutputWithPast`` (``.loss`` when labels are given, ``.logits``); with the auxiliary
-            loss it also holds ``lm_loss``, ``finding_loss`` and ``finding_logits``.
+            losses it also holds ``lm_loss``, ``finding_loss`` and ``finding_logits``, ``attribute_loss``.
         """
+        attribute_targets = None
+        if attribute_presence is not None and attribute_fields is not None and self._attribute_head_trains():
+            attribute_targets = (attribute_presence, attribute_fields)
         if findings_only:
-            return self._findings_only(images, view_mask, visual_tokens, finding_labels)
+            return self._findings_only(images, view_mask, visual_tokens, finding_labels, attribute_targets)
         if input_ids is None:
             raise ValueError("input_ids are required")
         if labels is not None and bool((labels[input_ids == self.image_token_id] != IGNORE_INDEX).any()):
@@ -835,6 +876,7 @@ class RadiologyReportGenerator(nn.Module):
         if aux and visual_tokens is None and images is not None:  # encode once, for the prompts and the head
             visual_tokens, images = self.encode_views(images, view_mask), None
         aux = aux and visual_tokens is not None  # text-only batches have no findings to predict
+        prompts = None
         if text_only:
             embeds, text_mask = self.prepare_inputs_embeds(input_ids, attention_mask)
             if self.finding_prompts is not None and finding_labels is not None:
@@ -844,9 +886,9 @@ class RadiologyReportGenerator(nn.Module):
             forced = None
             if aux and teacher_forcing > 0 and self.finding_prompts is not None:
                 forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, teacher_forcing)
-            embeds, attention_mask = self.prepare_inputs_embeds(
-                input_ids, attention_mask, images, view_mask, visual_tokens, forced
-            )
+            if images is not None or visual_tokens is not None:
+                prompts = self.encode_images(images, view_mask, visual_tokens, forced)
+            embeds, attention_mask = self.prepare_inputs_embeds(input_ids, attention_mask, prompts=prompts)
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         output = self.llm(
             inputs_embeds=embeds,
@@ -864,7 +906,16 @@ class RadiologyReportGenerator(nn.Module):
             output["lm_loss"] = lm_loss
             output["finding_loss"] = finding_loss
             output["finding_logits"] = logits
+        if attribute_targets is not None and prompts is not None:
+            attribute_loss = self.attribute_head.loss(prompts[0], *attribute_targets).loss  # type: ignore[union-attr]
+            output["attribute_loss"] = attribute_loss
+            weighted = self.config.attribute_loss_weight * attribute_loss
+            output["loss"] = weighted if output.loss is None else output.loss + weighted.to(output.loss.dtype)
         return output
+
+    def _attribute_head_trains(self) -> bool:
+        head = self.attribute_head
+        return head is not None and any(p.requires_grad for p in head.parameters())
 
     def _findings_only(
         self,
@@ -872,17 +923,29 @@ class RadiologyReportGenerator(nn.Module):
         view_mask: torch.Tensor | None,
         visual_tokens: torch.Tensor | None,
         finding_labels: torch.Tensor | None,
+        attribute_targets: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> Any:
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        if finding_labels is None or (images is None and visual_tokens is None):
-            raise ValueError("findings_only needs images (or visual_tokens) and finding_labels")
+        heads = (finding_labels is not None and self.finding_head is not None) or attribute_targets is not None
+        if not heads or (images is None and visual_tokens is None):
+            raise ValueError("findings_only needs images (or visual_tokens) and the targets of the finding head "
+                             "(finding_labels) or of the attribute head (attribute_presence, attribute_fields)")
         if visual_tokens is None:
             visual_tokens = self.encode_views(images, view_mask)
-        loss, logits = self._finding_loss(visual_tokens, view_mask, finding_labels)
-        output = CausalLMOutputWithPast(loss=loss)
-        output["finding_loss"] = loss
-        output["finding_logits"] = logits
+        output = CausalLMOutputWithPast()
+        losses = []
+        if finding_labels is not None and self.finding_head is not None:
+            loss, logits = self._finding_loss(visual_tokens, view_mask, finding_labels)
+            output["finding_loss"] = loss
+            output["finding_logits"] = logits
+            losses.append(loss)
+        if attribute_targets is not None:
+            prompts, _ = self.encode_images(visual_tokens=visual_tokens, view_mask=view_mask)
+            attribute_loss = self.attribute_head.loss(prompts, *attribute_targets).loss  # type: ignore[union-attr]
+            output["attribute_loss"] = attribute_loss
+            losses.append(self.config.attribute_loss_weight * attribute_loss)
+        output["loss"] = torch.stack(losses).sum()
         return output
 
     def _finding_loss(
@@ -1041,7 +1104,7 @@ class RadiologyReportGenerator(nn.Module):
         modules: dict[str, torch.Tensor] = {}
         modules.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
         modules.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
-        for name in ("finding_head", "finding_prompts"):
+        for name in ("finding_head", "finding_prompts", "attribute_head"):
             module = getattr(self, name)
             if module is not None:
                 modules.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
@@ -1167,7 +1230,7 @@ class RadiologyReportGenerator(nn.Module):
             _load_prefixed(encoder, modules, "encoder.", root / MODULES_NAME)
 
         model = cls(config, encoder, fusion, projector, llm, tokenizer, bases)
-        for name in ("finding_head", "finding_prompts"):
+        for name in ("finding_head", "finding_prompts", "attribute_head"):
             if getattr(model, name) is not None:
                 _load_prefixed(getattr(model, name), modules, f"{name}.", root / MODULES_NAME)
         model.trained = set(meta.get("trained", []))
@@ -1233,6 +1296,7 @@ def _build_head(config: GeneratorConfig, encoder: VisionEncoder, llm: nn.Module)
         resampler_dim=config.resampler_dim,
         resampler_heads=config.resampler_heads,
         resampler_layers=config.resampler_layers,
+        grid=config.grid_size,
     )
     return fusion, projector
 

@@ -4,6 +4,12 @@
   "concat" keeps every view's tokens, tagged with a learned view embedding, and masks the padded views.
 - :class:`LinearProjector` (Linear + LayerNorm, R2GenGPT) and :class:`MLPProjector` (Linear-GELU-Linear, LLaVA)
   map each token to one prompt vector, so the number of prompts equals the number of tokens.
+- :class:`GridPoolProjector` average-pools the token grid to a coarser ``g x g`` grid (each prompt sees one region of
+  the image, the same region in every study) and maps each pooled token through Linear-GELU-Linear + LayerNorm:
+  few prompts that keep where things are.
+- :class:`AttentionPoolProjector` gives ``K`` prompts, each a learned content-based attention pooling of the tokens
+  (one softmax over the tokens per prompt, starting as mean pooling) followed by GELU-Linear + LayerNorm: with the
+  generator's attribute head, prompt ``k`` learns to look for finding kind ``k`` and tell its side and size.
 - :class:`AttentionResampler` cross-attends ``K`` learned queries to the tokens: the number of soft prompts is a
   setting, independent of the encoder.
 - :class:`FindingPrompts` turns the finding head's probabilities into one prompt per label (a learned "present"
@@ -31,6 +37,8 @@ __all__ = [
     "Projector",
     "LinearProjector",
     "MLPProjector",
+    "GridPoolProjector",
+    "AttentionPoolProjector",
     "AttentionResampler",
     "FindingPrompts",
     "build_projector",
@@ -39,7 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FUSION_MODES = ("mean", "concat")
-PROJECTOR_KINDS = ("linear", "mlp", "resampler")
+PROJECTOR_KINDS = ("linear", "mlp", "grid", "attention_pool", "resampler")
 
 
 class ViewFusion(nn.Module):
@@ -157,6 +165,98 @@ class MLPProjector(Projector):
         return self.net(tokens)
 
 
+class GridPoolProjector(Projector):
+    """Average-pool the square token grid to ``grid x grid`` regions, then Linear-GELU-Linear + LayerNorm per region.
+
+    Needs one square token grid per study ("mean" view fusion); ``K = grid**2``.
+
+    Args:
+        in_dim: token size ``D``.
+        out_dim: LLM hidden size ``H``.
+        grid: regions per side.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, grid: int = 4) -> None:
+        super().__init__(in_dim, out_dim)
+        if grid < 1:
+            raise ModelConfigError("grid projector needs grid >= 1")
+        self.grid = int(grid)
+        self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.norm = nn.LayerNorm(out_dim)
+
+    def _side(self, num_tokens: int) -> int:
+        side = int(round(num_tokens**0.5))
+        if side * side != num_tokens or side < self.grid:
+            raise ModelConfigError(f"grid projector needs a square grid of at least {self.grid}x{self.grid} tokens "
+                                   f"per view, got {num_tokens}")  # fmt: skip
+        return side
+
+    def num_outputs(self, num_tokens: int) -> int:
+        self._side(num_tokens)
+        return self.grid * self.grid
+
+    def region_weights(self, num_tokens: int) -> torch.Tensor:
+        """``(K, num_tokens)``: the share of each token in each region's average (rows sum to 1)."""
+        side = self._side(num_tokens)
+        cells = torch.eye(num_tokens).reshape(num_tokens, 1, side, side)
+        return nn.functional.adaptive_avg_pool2d(cells, self.grid).reshape(num_tokens, -1).T.contiguous()
+
+    def forward(
+        self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, num, dim = tokens.shape
+        side = self._side(num)
+        x = tokens.transpose(1, 2).reshape(batch, dim, side, side)
+        pooled = nn.functional.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)
+        prompts = self.norm(self.net(pooled))
+        return prompts, torch.ones(batch, prompts.shape[1], dtype=torch.bool, device=tokens.device)
+
+
+class AttentionPoolProjector(Projector):
+    """``K`` attention poolings of the tokens: prompt ``k`` = LN(W2 GELU(sum_t a_kt V x_t)), a_k = softmax_t(w_k . x_t).
+
+    ``x_t`` are the layer-normalised tokens (with the encoder's position encoding, so a pooling knows where it
+    looks). The scores start at zero (every prompt a mean pooling) and learn where to look; tokens of padded views
+    get no weight.
+
+    Args:
+        in_dim: token size ``D``.
+        out_dim: LLM hidden size ``H``.
+        num_queries: prompts ``K``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_queries: int = 16) -> None:
+        super().__init__(in_dim, out_dim)
+        if num_queries < 1:
+            raise ModelConfigError("attention_pool needs num_queries >= 1")
+        self.num_queries = int(num_queries)
+        self.token_norm = nn.LayerNorm(in_dim)
+        self.scores = nn.Linear(in_dim, self.num_queries)
+        nn.init.zeros_(self.scores.weight)
+        nn.init.zeros_(self.scores.bias)
+        self.value = nn.Linear(in_dim, out_dim)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(out_dim, out_dim))
+        self.norm = nn.LayerNorm(out_dim)
+
+    def num_outputs(self, num_tokens: int) -> int:
+        return self.num_queries
+
+    def attention(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooling weights ``(B, K, T)`` (each row sums to 1 over the real tokens)."""
+        scores = self.scores(self.token_norm(tokens)).transpose(1, 2)
+        if token_mask is not None and not bool(token_mask.all()):
+            scores = scores.masked_fill(~token_mask.to(device=scores.device, dtype=torch.bool)[:, None, :], -1e4)
+        return scores.float().softmax(dim=-1).to(tokens.dtype)
+
+    def forward(
+        self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.attention(tokens, token_mask)
+        pooled = torch.bmm(weights, self.value(self.token_norm(tokens)))
+        prompts = self.norm(self.out(pooled))
+        return prompts, torch.ones(tokens.shape[0], self.num_queries, dtype=torch.bool, device=tokens.device)
+
+
 class AttentionResampler(Projector):
     """``K`` learned queries cross-attending to the tokens (a Perceiver-style resampler).
 
@@ -262,8 +362,11 @@ def build_projector(
     resampler_dim: int | None = None,
     resampler_heads: int = 4,
     resampler_layers: int = 1,
+    grid: int = 4,
 ) -> Projector:
-    """Build a projector by name ("linear", "mlp" or "resampler").
+    """Build a projector by name ("linear", "mlp", "grid", "attention_pool" or "resampler").
+
+    ``grid`` is the regions per side of "grid"; ``num_queries`` the prompts of "attention_pool" and "resampler".
 
     Raises:
         ModelConfigError: unknown kind.
@@ -272,6 +375,10 @@ def build_projector(
         return LinearProjector(in_dim, out_dim)
     if kind == "mlp":
         return MLPProjector(in_dim, out_dim)
+    if kind == "grid":
+        return GridPoolProjector(in_dim, out_dim, grid=grid)
+    if kind == "attention_pool":
+        return AttentionPoolProjector(in_dim, out_dim, num_queries=num_queries)
     if kind == "resampler":
         return AttentionResampler(
             in_dim,

@@ -124,6 +124,11 @@ def test_evaluating_writes_scores_and_settings(trained_bundle: Path) -> None:
     annotation = json.loads((root / "data" / "synthetic" / "annotation.json").read_text())
     assert result["settings"]["num_reports"] == len(annotation["test"])
     assert len((root / "eval" / "test" / "reports_test.jsonl").read_text().splitlines()) == len(annotation["test"])
+    # the phantoms' findings.json: finding-attribute scores and the paraphrase ceiling beside BLEU-4
+    assert result["settings"]["findings"].endswith("findings.json")
+    assert {"attr/mention_recall", "ceiling/BLEU-4", "BLEU-4/ceiling"} <= set(scores)
+    assert 0.0 < scores["ceiling/BLEU-4"] < 1.0 and result["attributes"]["per_kind"]
+    assert scores["BLEU-4/ceiling"] == pytest.approx(scores["BLEU-4"] / scores["ceiling/BLEU-4"])
 
 
 @pytest.mark.slow
@@ -168,3 +173,28 @@ def test_multi_gpu_train_with_two_cpu_processes(tmp_path: Path) -> None:
     for stage in ("encoder_warmup", "stage0", "stage1", "stage2"):
         marker = json.loads((tmp_path / "runs" / "training" / "stages" / stage / "stage_complete.json").read_text())
         assert marker["iterations"] == 2
+
+
+@pytest.mark.slow
+def test_visual_prompts_overlay_trains_the_attribute_head(tmp_path: Path) -> None:
+    """configs/visual_prompts.yaml merged after train.yaml: visual prompts only, attribute head, prompts shown in
+    stage 0, encoder frozen after the warm-up (feature cache)."""
+    overlay = yaml.safe_load((CONFIGS / "visual_prompts.yaml").read_text())
+    assert overlay["network_config"]["attribute_head"] and not overlay["network_config"]["finding_prompts"]
+    assert overlay["stage0"]["text_only"] is False and overlay["stage0"]["train_projector"] is True
+    tiny = dict(TINY_OVERRIDES)
+    tiny["network_config"] = {**TINY_OVERRIDES["network_config"], **{k: overlay["network_config"][k] for k in (
+        "projector", "finding_head", "finding_prompts", "hard_finding_prompts", "attribute_head", "prompt_scale")},
+        "num_queries": 9}  # fmt: skip
+    tiny["stage0"] = {**TINY_OVERRIDES["stage0"], "text_only": False, "train_encoder": False, "train_projector": True}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    _bundle("training", [CONFIGS / "train.yaml", CONFIGS / "visual_prompts.yaml", path], tmp_path, "--device", "cpu")
+    model = tmp_path / "models" / "report_generator"
+    config = json.loads((model / "generator.json").read_text())["config"]
+    assert config["attribute_head"] and config["projector"] == "attention_pool" and not config["finding_prompts"]
+    summary = json.loads((model / "training_summary.json").read_text())
+    assert summary["stages"]["stage0"]["feature_cache"]["hits"] > 0  # frozen encoder: tokens cached
+    from safetensors.torch import load_file
+
+    assert any(k.startswith("attribute_head.") for k in load_file(str(model / "modules.safetensors")))

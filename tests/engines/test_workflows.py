@@ -238,6 +238,8 @@ def test_report_scores_and_writer(tmp_path: Path) -> None:
     assert {"BLEU-4", "CIDEr", "ROUGE-L", "CE-14 micro-F1", "CE-5 macro-F1"} <= set(metrics)
     assert metrics["bleu4_cider"] == pytest.approx(0.5 * metrics["BLEU-4"] + 0.5 * metrics["CIDEr"])
     assert 0.0 < metrics["BLEU-4"] < 1.0
+    # finding attributes, the truth read from the references: the effusion is named on its side, the heart not at all
+    assert metrics["attr/pleural_effusion/side_accuracy"] == 1.0 and metrics["attr/mention_recall"] == 0.5
     assert not any(k.startswith("per_label/") for k in metrics)
     assert any(k.startswith("per_label/") for k in metric.last_scores)
     rows = [json.loads(line) for line in (tmp_path / "val_epoch0001.jsonl").read_text().splitlines()]

@@ -145,3 +145,54 @@ def test_chexbert_scores_are_added_when_a_checkpoint_is_given(tmp_path: Path) ->
     assert result["settings"]["chexbert"] == checkpoint and result["settings"]["radgraph"] is None
     assert "per_label_chexbert" in result
     assert any(line.startswith("CheXbert CE-14") for line in format_score_table(result).splitlines())
+
+
+FINDINGS = {
+    "s1": [],
+    "s2": [{"kind": "cardiomegaly", "severity": "mild"}, {"kind": "pleural_effusion", "side": "left",
+                                                          "severity": "small"}],
+    "s3": [{"kind": "support_devices"}],
+}
+
+
+def test_finding_attributes_are_added_when_a_findings_file_is_given(tmp_path: Path) -> None:
+    from monai_r2gen.metrics.attributes import attribute_scores
+
+    findings = tmp_path / "findings.json"
+    findings.write_text(json.dumps(FINDINGS))
+    result = evaluate_files(_predictions(tmp_path, PREDS), _annotation(tmp_path), nlg_metrics=NO_JAVA,
+                            findings=findings)  # fmt: skip
+    direct = attribute_scores([PREDS[k] for k in REPORTS], [FINDINGS[k] for k in REPORTS])
+    attr_keys = [k for k in result["scores"] if k.startswith("attr/")]
+    assert attr_keys and all(result["scores"][k] == direct[k] for k in attr_keys)
+    # s2 writes moderate cardiomegaly (wrong severity) and bilateral effusions (wrong side, right size); s3 no device
+    assert result["scores"]["attr/pleural_effusion/side_accuracy"] == 0.0
+    assert result["scores"]["attr/pleural_effusion/severity_accuracy"] == 1.0
+    assert result["scores"]["attr/cardiomegaly/severity_accuracy"] == 0.0
+    assert result["scores"]["attr/support_devices/mention_recall"] == 0.0
+    assert set(result["attributes"]["per_kind"]) == {"cardiomegaly", "pleural_effusion", "support_devices"}
+    assert result["settings"]["findings"] == str(findings.resolve())
+    assert result["settings"]["attributes"]["text"] == "raw (uncleaned) reports"
+    assert result["settings"]["ceiling"] is None and "ceiling" not in result
+    table = format_score_table(result)
+    assert "finding attributes" in table
+    assert next(line for line in table.splitlines() if line.startswith("pleural_effusion")).split()[:4] == [
+        "pleural_effusion", "1", "1.000", "0.000"]
+    assert "attr/" not in table  # the flat attr/ keys are shown as the table, not repeated one per line
+
+
+def test_findings_and_ceiling_errors(tmp_path: Path) -> None:
+    preds, ann = _predictions(tmp_path, PREDS), _annotation(tmp_path)
+    with pytest.raises(MetricError, match="ceiling needs a findings file"):
+        evaluate_files(tmp_path / "none.jsonl", ann, ceiling=True)
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"s1": []}))
+    with pytest.raises(InputFileError, match=r"no findings for 2 of 3 scored study id\(s\)") as info:
+        evaluate_files(preds, ann, nlg_metrics=NO_JAVA, findings=partial)
+    assert info.value.path == str(partial)
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(FINDINGS))
+    with pytest.raises(InputFileError, match="not a findings.json of the synthetic generator"):
+        evaluate_files(preds, ann, nlg_metrics=NO_JAVA, findings=plain, ceiling=True)
+    with pytest.raises(InputFileError, match="invalid JSON"):
+        evaluate_files(preds, ann, nlg_metrics=NO_JAVA, findings=tmp_path / "preds.jsonl")

@@ -84,3 +84,40 @@ def test_build_projector_by_name():
         build_projector("qformer", 4, 6)
     with pytest.raises(ModelConfigError, match="divisible"):
         build_projector("resampler", 4, 6, resampler_dim=6, resampler_heads=4)
+
+
+def test_grid_projector_pools_regions():
+    from monai_r2gen.networks.projectors import GridPoolProjector
+
+    torch.manual_seed(0)
+    projector = GridPoolProjector(6, 10, grid=2)
+    tokens = torch.randn(3, 16, 6)
+    prompts, mask = projector(tokens)
+    assert prompts.shape == (3, 4, 10) and bool(mask.all()) and projector.num_outputs(16) == 4
+    weights = projector.region_weights(16)
+    assert weights.shape == (4, 16)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(4))
+    assert weights[0].reshape(4, 4)[:2, :2].sum() == pytest.approx(1.0)  # region 0: the top-left 2x2 cells
+    expected = projector.norm(projector.net(torch.einsum("kt,btd->bkd", weights, tokens)))
+    torch.testing.assert_close(prompts, expected)
+    with pytest.raises(ModelConfigError, match="square grid"):
+        projector.num_outputs(15)
+
+
+def test_attention_pool_starts_as_mean_pooling_and_masks_padded_tokens():
+    from monai_r2gen.networks.projectors import AttentionPoolProjector
+
+    torch.manual_seed(0)
+    projector = AttentionPoolProjector(6, 10, num_queries=3)
+    tokens = torch.randn(2, 8, 6)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 4:] = False
+    weights = projector.attention(tokens, mask)
+    assert weights.shape == (2, 3, 8)
+    torch.testing.assert_close(weights[0], torch.full((3, 8), 1 / 8))  # zero scores: a mean pooling
+    torch.testing.assert_close(weights[1, :, 4:], torch.zeros(3, 4))
+    prompts, prompt_mask = projector(tokens, mask)
+    assert prompts.shape == (2, 3, 10) and bool(prompt_mask.all())
+    with torch.no_grad():
+        projector.scores.weight.normal_()
+    assert not torch.allclose(projector.attention(tokens)[0, 0], projector.attention(tokens)[0, 1])

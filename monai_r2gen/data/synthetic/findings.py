@@ -32,6 +32,7 @@ import numpy as np
 
 from monai_r2gen.data.synthetic.anatomy import LEFT, RIGHT, Anatomy, RibBreak, lung_shape
 from monai_r2gen.data.synthetic.geometry import CM
+from monai_r2gen.metrics.attributes import FINDING_KINDS  # the one list of finding kinds
 
 __all__ = [
     "FINDING_KINDS",
@@ -44,17 +45,6 @@ __all__ = [
     "heart_ctr_of",
 ]
 
-FINDING_KINDS = (
-    "cardiomegaly",
-    "pleural_effusion",
-    "pneumothorax",
-    "consolidation",
-    "lung_nodule",
-    "edema",
-    "atelectasis",
-    "support_devices",
-    "rib_fracture",
-)
 
 #: probability that a study shows each finding (drawn independently).
 DEFAULT_PREVALENCE: dict[str, float] = {
