@@ -1214,6 +1214,15 @@ class _DropKeyd:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _is_phantom_findings(path: Path) -> bool:
+    """Whether a findings file is the phantom generator's (its layout records how to re-write the reports)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "generator" in data and isinstance(data.get("studies"), dict)
+
+
 class ReportEvaluationWorkflow:
     """Score a trained model on a split: every NLG and CE score plus the settings used, written as JSON.
 
@@ -1303,8 +1312,7 @@ class ReportEvaluationWorkflow:
         scores = {k: v for k, v in attrs.items() if isinstance(v, float)}
         out: dict[str, Any] = {"scores": scores, "attributes": {"per_kind": attrs["per_kind"],
                                                                 "overall": attrs["overall"]}}  # fmt: skip
-        phantoms = '"generator"' in self.findings_file.read_text(encoding="utf-8")[:200]
-        if self.ceiling_seeds and phantoms:
+        if self.ceiling_seeds and _is_phantom_findings(self.findings_file):
             ceiling = paraphrase_ceiling(self.findings_file, ids, refs, seeds=self.ceiling_seeds,
                                          tokenize=self.tokenize, clean_style=self.report_style,
                                          nlg_metrics=("BLEU", "ROUGE-L", "CIDEr"))  # fmt: skip
