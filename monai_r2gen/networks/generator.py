@@ -518,13 +518,6 @@ class RadiologyReportGenerator(nn.Module):
                 torch.manual_seed(config.seed + 1)
                 hidden = int(self.llm.get_input_embeddings().weight.shape[1])
                 self.attribute_head = FindingAttributeHead(self._num_image_tokens, hidden)
-        if config.prompt_scale == "embedding":
-            norm = getattr(projector, "norm", None) or getattr(projector, "out_norm", None)
-            if not isinstance(norm, nn.LayerNorm) or norm.weight is None:
-                raise ModelConfigError(f"prompt_scale 'embedding' needs a projector ending in a LayerNorm, not "
-                                       f"{config.projector!r}")  # fmt: skip
-            with torch.no_grad():  # the saved weights replace this when a model is loaded
-                norm.weight.fill_(float(self.llm.get_input_embeddings().weight.detach().float().std()))
         self.bases = bases or {}
         self.trained: set[str] = set()  # components whose full weights were trained ("encoder", "llm")
 
@@ -569,6 +562,13 @@ class RadiologyReportGenerator(nn.Module):
             "llm": _base_record(config.llm_path),
         }
         model = cls(config, encoder, fusion, projector, llm, tokenizer, bases)
+        if config.prompt_scale == "embedding":  # initial weights only: a loaded model keeps its trained ones
+            norm = getattr(projector, "norm", None) or getattr(projector, "out_norm", None)
+            if not isinstance(norm, nn.LayerNorm) or norm.weight is None:
+                raise ModelConfigError(f"prompt_scale 'embedding' needs a projector ending in a LayerNorm, not "
+                                       f"{config.projector!r}")  # fmt: skip
+            with torch.no_grad():
+                norm.weight.fill_(float(llm.get_input_embeddings().weight.detach().float().std()))
         if config.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         logger.info(

@@ -104,8 +104,11 @@ def test_attribute_head_is_saved_and_loaded(make_model, tmp_path):
     from monai_r2gen.networks.generator import RadiologyReportGenerator
 
     model = make_model(projector="attention_pool", num_queries=9, attribute_head=True, prompt_scale="embedding")
-    with torch.no_grad():
+    embedding_std = float(model.llm.get_input_embeddings().weight.std())
+    torch.testing.assert_close(model.projector.norm.weight, torch.full_like(model.projector.norm.weight, embedding_std))
+    with torch.no_grad():  # trained weights: the loaded model must keep them, not the initial embedding scale
         model.attribute_head.probes[3].weight.add_(1.0)
+        model.projector.norm.weight.mul_(3.0)
     model.save_pretrained(tmp_path)
     loaded = RadiologyReportGenerator.from_pretrained(tmp_path)
     for (name, a), (_, b) in zip(model.attribute_head.state_dict().items(), loaded.attribute_head.state_dict().items()):
