@@ -15,8 +15,8 @@ deep            all weights          trained    frozen               yes
 ==============  ===================  =========  ===================  ==========
 
 ``encoder_warmup`` trains a randomly initialised encoder and the generator's finding head on the finding labels of
-the training reports alone (with an attribute head, the projector and that head too, on the findings' presence and
-attributes) (binary cross-entropy; the LLM is not run, so an iteration costs only the encoder's
+the training reports alone (binary cross-entropy; with an attribute head, the projector and that head train too, on
+the findings' presence and attributes; the LLM is not run, so an iteration costs only the encoder's
 forward and backward pass): the embedded default's CNN needs a few hundred such iterations before its features carry
 the findings, and these are ~5x cheaper than iterations that also run the LLM.
 

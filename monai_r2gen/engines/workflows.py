@@ -698,10 +698,7 @@ class ReportTrainingWorkflow:
     @property
     def findings_file(self) -> Path | None:
         """The findings file in use (None: attributes are read from the reports)."""
-        if self._findings_file is not None:
-            return self._findings_file
-        default = self.annotation_file.parent / "findings.json"
-        return default if default.is_file() else None
+        return _findings_file(self._findings_file, self.annotation_file)
 
     def _manifest_items(self, split: str) -> list[dict[str, Any]]:
         if split not in self._items:
@@ -1214,6 +1211,14 @@ class _DropKeyd:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _findings_file(given: str | os.PathLike | None, annotation_file: Path) -> Path | None:
+    """The findings file given, else ``findings.json`` beside the annotation file when it exists, else None."""
+    if given:
+        return Path(given)
+    default = annotation_file.parent / "findings.json"
+    return default if default.is_file() else None
+
+
 def _is_phantom_findings(path: Path) -> bool:
     """Whether a findings file is the phantom generator's (its layout records how to re-write the reports)."""
     try:
@@ -1297,8 +1302,7 @@ class ReportEvaluationWorkflow:
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu"
         )
-        default = self.annotation_file.parent / "findings.json"
-        self.findings_file = Path(findings_file) if findings_file else (default if default.is_file() else None)
+        self.findings_file = _findings_file(findings_file, self.annotation_file)
         self.ceiling_seeds = [int(seed) for seed in ceiling_seeds]
 
     def _attribute_results(self, ids: list[str], refs: list[str], hyps: list[str]) -> dict[str, Any]:
