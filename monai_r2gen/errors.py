@@ -15,11 +15,14 @@ __all__ = [
     "RadiographReadError",
     "UnsupportedTransferSyntaxError",
     "MultiFrameError",
+    "NotAChestRadiographError",
+    "ModelFileError",
     "ManifestError",
     "ReportError",
     "ModelConfigError",
     "CheckpointMismatchError",
     "MetricError",
+    "ScorerTimeoutError",
 ]
 
 
@@ -56,6 +59,15 @@ class MultiFrameError(RadiographReadError):
     """A multi-frame image was given where a single radiograph is expected."""
 
 
+class NotAChestRadiographError(RadiographReadError):
+    """A readable image that is not a chest radiograph (modality, body part, colour, size): refused unless the
+    caller accepts non-standard inputs explicitly."""
+
+
+class ModelFileError(InputFileError):
+    """A file of a saved model directory is missing, damaged or of the wrong kind."""
+
+
 class ManifestError(InputFileError):
     """An annotation file or manifest (annotation.json, JSONL, CSV) is malformed."""
 
@@ -74,3 +86,7 @@ class CheckpointMismatchError(R2GenError, ValueError):
 
 class MetricError(R2GenError, ValueError):
     """Metric inputs are inconsistent (e.g. different numbers of references and hypotheses)."""
+
+
+class ScorerTimeoutError(MetricError):
+    """An external scorer (the Java METEOR / SPICE jars) ran past its time limit."""
