@@ -30,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     seeds, variants = args.seeds, args.variants or "all"
-    print(f"protocol ablation: variants {variants}, seeds {seeds}, {args.warmup_iterations} warm-up + "
-          f"{args.iterations} iterations of batch {args.batch_size} each; {os.cpu_count()} CPU cores visible, "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"protocol ablation: variants {variants}, seeds {seeds}, {args.warmup_iterations} warm-up + "
+        f"{args.iterations} iterations of batch {args.batch_size} each; {os.cpu_count()} CPU cores visible, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     start = time.perf_counter()
     cmd_ablation(args)
     print(f"done in {time.perf_counter() - start:.0f} s")

@@ -44,8 +44,13 @@ def main() -> None:
         results = {}
         for label, use_cache in (("uncached", False), ("cached", True)):
             workflow = ReportTrainingWorkflow(
-                network, dataset_dir=data, output_dir=work / f"run_{label}",
-                stages=[{**stage, "feature_cache": use_cache}], tensorboard=False, seed=0, resume=False,
+                network,
+                dataset_dir=data,
+                output_dir=work / f"run_{label}",
+                stages=[{**stage, "feature_cache": use_cache}],
+                tensorboard=False,
+                seed=0,
+                resume=False,
             )
             results[label] = workflow.run()["stages"]["stage1"]
         uncached, cached = results["uncached"]["seconds"], results["cached"]["seconds"]

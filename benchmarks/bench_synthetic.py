@@ -51,8 +51,10 @@ def main() -> None:
     args = parser.parse_args()
     formats = tuple(f for f in args.formats.split(",") if f)
 
-    print(f"phantom generator: {args.n} studies at {args.size} px, formats {','.join(formats)}, "
-          f"{os.cpu_count()} CPU cores visible, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"phantom generator: {args.n} studies at {args.size} px, formats {','.join(formats)}, "
+        f"{os.cpu_count()} CPU cores visible, load average {os.getloadavg()[0]:.1f}"
+    )
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, workers in (("baseline", args.baseline_workers), ("measured", args.workers)):
@@ -64,8 +66,9 @@ def main() -> None:
     for label, (workers, wall, cpu) in results.items():
         print(f"{label:<10}{workers:>8}{wall:>10.1f}{args.n / wall:>11.1f}{1000 * cpu / args.n:>14.1f}")
     speedup = results["baseline"][1] / results["measured"][1]
-    print(f"speed-up {args.workers} vs {args.baseline_workers} worker(s): {speedup:.2f}x; "
-          f"outputs identical: {identical}")
+    print(
+        f"speed-up {args.workers} vs {args.baseline_workers} worker(s): {speedup:.2f}x; outputs identical: {identical}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,13 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from monai_r2gen.data.datasets import read_manifest
-from monai_r2gen.data.reports import clean_report
 from monai_r2gen.data.synthetic.ceiling import rewrite_reports
 from monai_r2gen.errors import InputFileError, MetricError
-from monai_r2gen.metrics.attributes import attribute_score_keys, attribute_scores, format_attribute_table, load_findings
-from monai_r2gen.metrics.clinical import UNCERTAIN_POLICIES, ce_score_keys, ce_scores
+from monai_r2gen.files import atomic_write_text
+from monai_r2gen.metrics.attributes import format_attribute_table, load_findings
+from monai_r2gen.metrics.cleaning import clean_report
+from monai_r2gen.metrics.clinical import UNCERTAIN_POLICIES, ce_score_keys
 from monai_r2gen.metrics.external import RADGRAPH_KEYS, chexbert_scores, radgraph_scores
-from monai_r2gen.metrics.nlg import NLG_KEYS, TOKENIZERS, nlg_scores
+from monai_r2gen.metrics.nlg import NLG_KEYS, TOKENIZERS
+from monai_r2gen.metrics.report_scores import DEFAULT_CLEAN_STYLE, cleaned_nlg_scores, compare_reports, score_reports
 
 __all__ = [
     "PREDICTION_FIELDS",
@@ -122,20 +124,6 @@ def read_predictions(path: str | os.PathLike) -> dict[str, str]:
     return predictions
 
 
-def cleaned_nlg_scores(
-    references: Sequence[str],
-    hypotheses: Sequence[str],
-    clean_style: str = "mimic_cxr",
-    tokenize: str = "simple",
-    metrics: Sequence[str] | None = None,
-) -> dict[str, float]:
-    """The NLG path of :func:`evaluate_files`: both sides cleaned with ``clean_report(text, clean_style)``, then
-    :func:`~monai_r2gen.metrics.nlg_scores` with ``tokenize`` and ``metrics``."""
-    clean_refs = [clean_report(t, clean_style) for t in references]
-    clean_hyps = [clean_report(t, clean_style) for t in hypotheses]
-    return nlg_scores(clean_refs, clean_hyps, tokenize=tokenize, metrics=metrics)
-
-
 def paraphrase_ceiling(
     findings_file: str | os.PathLike,
     study_ids: Sequence[str],
@@ -143,7 +131,7 @@ def paraphrase_ceiling(
     seeds: Sequence[int] = DEFAULT_CEILING_SEEDS,
     section: str = "findings",
     tokenize: str = "simple",
-    clean_style: str = "mimic_cxr",
+    clean_style: str = DEFAULT_CLEAN_STYLE,
     nlg_metrics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """NLG scores of the studies' own findings re-written with other paraphrases: what a perfect model can reach.
@@ -200,7 +188,7 @@ def evaluate_files(
     output: str | os.PathLike | None = None,
     uncertain: str = "negative",
     tokenize: str = "simple",
-    clean_style: str = "mimic_cxr",
+    clean_style: str = DEFAULT_CLEAN_STYLE,
     nlg_metrics: Sequence[str] | None = None,
     chexbert_checkpoint: str | os.PathLike | None = None,
     chexbert_tokenizer: str | os.PathLike | None = None,
@@ -208,6 +196,10 @@ def evaluate_files(
     findings: str | os.PathLike | None = None,
     ceiling: bool = False,
     ceiling_seeds: Sequence[int] = DEFAULT_CEILING_SEEDS,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    compare: str | os.PathLike | None = None,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """Score a predictions file against the reports of a manifest split.
 
@@ -234,9 +226,17 @@ def evaluate_files(
             score>"`` (mean over seeds), ``"BLEU-4/ceiling"`` and ``"ceiling"`` (per seed). The re-written section
             follows the references: ``"full"`` when they carry the FINDINGS header, else ``"findings"``.
         ceiling_seeds: paraphrase seeds of the ceiling.
+        bootstrap: bootstrap draws of the 95% intervals of every score (``"intervals"``; 0: none).
+        seed: seed of the draws.
+        compare: a second predictions file on the same references: adds ``"comparison"``, the paired bootstrap
+            interval of the difference (this file minus ``compare``) and the approximate-randomisation p-value of
+            every score (:func:`monai_r2gen.metrics.report_scores.compare_reports`; ``bootstrap`` draws, at least
+            1,000).
+        timeout: time limit in seconds of each Java scorer run (None: scaled with the size of the texts).
 
     Returns:
-        ``{"scores": {name: float}, "per_label": {...}, "settings": {...}}`` (and ``"attributes"``, ``"ceiling"``).
+        ``{"scores": {name: float}, "per_label": {...}, "settings": {...}}`` (and ``"intervals"``, ``"attributes"``,
+        ``"ceiling"``, ``"comparison"``).
 
     Raises:
         MetricError: a reference id has no prediction (the message lists a few), no reference has a report, an
@@ -255,6 +255,7 @@ def evaluate_files(
         raise MetricError(f"tokenize must be one of {TOKENIZERS}, got {tokenize!r}")
     clean_report("", clean_style)  # raises ReportError for an unknown style
     preds = read_predictions(predictions)
+    other = read_predictions(compare) if compare is not None else None
     truth = load_findings(findings) if findings is not None else None
     items = read_manifest(references, split=split)
     without_report = [it["id"] for it in items if not it.get("report", "").strip()]
@@ -275,6 +276,11 @@ def evaluate_files(
             f"{len(missing)} of {len(items)} reference id(s) of split {split!r} have no prediction in "
             f"{os.fspath(predictions)!r}: {_few(missing)}{hint}"
         )
+    if other is not None:
+        missing = [it["id"] for it in items if it["id"] not in other]
+        if missing:
+            raise MetricError(f"{len(missing)} of {len(items)} reference id(s) of split {split!r} have no prediction "
+                              f"in {os.fspath(compare)!r}: {_few(missing)}")  # fmt: skip
     ref_ids = {it["id"] for it in items}
     extra = [p for p in preds if p not in ref_ids]
     if extra:
@@ -290,9 +296,20 @@ def evaluate_files(
     raw_refs = [it["report"] for it in items]
     raw_hyps = [preds[it["id"]] for it in items]
 
-    nlg = cleaned_nlg_scores(raw_refs, raw_hyps, clean_style, tokenize, nlg_metrics)
-    ce = ce_scores(raw_refs, raw_hyps, uncertain=uncertain)
-    attrs = attribute_scores(raw_hyps, [truth[it["id"]] for it in items]) if truth is not None else None
+    options = {
+        "clean_style": clean_style,
+        "tokenize": tokenize,
+        "uncertain": uncertain,
+        "nlg_metrics": nlg_metrics,
+        "findings": [truth[it["id"]] for it in items] if truth is not None else None,
+        "timeout": timeout,
+    }
+    scored = score_reports(raw_refs, raw_hyps, bootstrap=bootstrap, seed=seed, keep_statistics=other is not None,
+                           **options)  # fmt: skip
+    comparison = None
+    if other is not None:
+        scored_other = score_reports(raw_refs, [other[it["id"]] for it in items], keep_statistics=True, **options)
+        comparison = compare_reports(scored, scored_other, draws=max(int(bootstrap), 1000), seed=seed)
     ceiling_result = None
     if ceiling:
         ceiling_result = paraphrase_ceiling(
@@ -303,20 +320,18 @@ def evaluate_files(
     chexbert = chexbert_scores(raw_refs, raw_hyps, chexbert_checkpoint, chexbert_tokenizer, uncertain=uncertain)
     radgraph = radgraph_scores(raw_refs, raw_hyps, radgraph_dir)
 
-    scores = {**nlg, **{k: ce[k] for k in ce_score_keys()}}
+    scores = dict(scored["scores"])
     if chexbert is not None:
         scores.update({f"CheXbert {k}": chexbert[f"CheXbert {k}"] for k in ce_score_keys()})
     if radgraph is not None:
         scores.update({k: radgraph[k] for k in RADGRAPH_KEYS})
-    if attrs is not None:
-        scores.update({k: attrs[k] for k in attribute_score_keys() if k in attrs})
     if ceiling_result is not None:
         scores.update({f"ceiling/{k}": v for k, v in ceiling_result["mean"].items()})
-        if "BLEU-4" in nlg and ceiling_result["mean"].get("BLEU-4"):
-            scores["BLEU-4/ceiling"] = nlg["BLEU-4"] / ceiling_result["mean"]["BLEU-4"]
+        if "BLEU-4" in scores and ceiling_result["mean"].get("BLEU-4"):
+            scores["BLEU-4/ceiling"] = scores["BLEU-4"] / ceiling_result["mean"]["BLEU-4"]
     result: dict[str, Any] = {
         "scores": scores,
-        "per_label": ce["per_label"],
+        "per_label": scored["per_label"],
         "settings": {
             "predictions": os.path.abspath(predictions),
             "references": os.path.abspath(references),
@@ -324,18 +339,14 @@ def evaluate_files(
             "num_reports": len(items),
             "num_references_without_report": len(without_report),
             "num_ignored_predictions": len(extra),
-            "nlg": {
-                "scorer": "pycocoevalcap",
-                "clean_style": clean_style,
-                "tokenize": tokenize,
-                "references_truncated": False,
-            },
-            "ce": {**ce["settings"], "text": "raw (uncleaned) reports"},
+            **{k: v for k, v in scored["settings"].items() if k != "num_reports"},
+            "compare": None if compare is None else os.path.abspath(compare),
             "chexbert": None if chexbert is None else os.path.abspath(chexbert_checkpoint),
             "radgraph": None if radgraph is None else os.path.abspath(radgraph_dir),
             "findings": None if findings is None else os.path.abspath(findings),
-            "attributes": None if attrs is None else {**attrs["settings"], "text": "raw (uncleaned) reports"},
-            "ceiling": None if ceiling_result is None else {
+            "ceiling": None
+            if ceiling_result is None
+            else {
                 "seeds": ceiling_result["seeds"],
                 "section": ceiling_result["section"],
                 "writer": "monai_r2gen.data.synthetic.reports.write_report, other paraphrase streams",
@@ -345,8 +356,11 @@ def evaluate_files(
     }
     if chexbert is not None:
         result["per_label_chexbert"] = chexbert["CheXbert per_label"]
-    if attrs is not None:
-        result["attributes"] = {"per_kind": attrs["per_kind"], "overall": attrs["overall"]}
+    for key in ("intervals", "attributes"):
+        if key in scored:
+            result[key] = scored[key]
+    if comparison is not None:
+        result["comparison"] = comparison
     if ceiling_result is not None:
         result["ceiling"] = {
             "mean": ceiling_result["mean"],
@@ -355,11 +369,33 @@ def evaluate_files(
             "section": ceiling_result["section"],
         }
     if output is not None:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        logger.info("scores written to %s", out)
+        atomic_write_text(output, json.dumps(result, indent=2) + "\n")
+        logger.info("scores written to %s", output)
     return result
+
+
+#: scores whose interval and comparison the table prints (every score's are in the result)
+HEADLINE_SCORES: tuple[str, ...] = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CE-14 micro-F1", "CE-14 macro-F1",
+                                    "CE-5 micro-F1", "CE-5 macro-F1", "attr/mention_recall", "attr/side_accuracy",
+                                    "attr/severity_accuracy")  # fmt: skip
+
+
+def _interval_lines(intervals: Any, comparison: Any, bootstrap: Any) -> list[str]:
+    lines: list[str] = []
+    if isinstance(intervals, Mapping) and intervals:
+        draws = bootstrap.get("draws") if isinstance(bootstrap, Mapping) else "?"
+        lines += ["", f"95% bootstrap intervals ({draws} draws, studies resampled):"]
+        lines += [f"  {k.replace('attr/', 'finding '):<24}{v['score']:8.4f}  [{v['low']:.4f}, {v['high']:.4f}]"
+                  for k in HEADLINE_SCORES if (v := intervals.get(k))]  # fmt: skip
+    if isinstance(comparison, Mapping) and comparison:
+        lines += ["", f"paired comparison (this - other): {'score':<24}{'this':>8}{'other':>8}{'diff':>9}  95% CI"
+                      f"{'p':>16}"]  # fmt: skip
+        for k in HEADLINE_SCORES:
+            if v := comparison.get(k):
+                name = k.replace("attr/", "finding ")
+                lines.append(f"  {name:<56}{v['a']:8.4f}{v['b']:8.4f}{v['difference']:+9.4f}  "
+                             f"[{v['low']:+.4f}, {v['high']:+.4f}]  p={v['p_value']:.4f}")  # fmt: skip
+    return lines
 
 
 def format_score_table(scores: Mapping[str, Any]) -> str:
@@ -415,6 +451,7 @@ def format_score_table(scores: Mapping[str, Any]) -> str:
     if others:
         lines.append("")
         lines.extend(f"{k}: {v:.4f}" for k, v in others)
+    lines.extend(_interval_lines(scores.get("intervals"), scores.get("comparison"), settings.get("bootstrap")))
     if settings:
         nlg_set = settings.get("nlg", {})
         ce_set = settings.get("ce", {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -53,6 +54,8 @@ def check_output_path(
         item = Path(item)
         if item.exists() and out.exists() and _same_file(out, item):
             raise OutputFileError(out, f"is also an input ({item}); writing it would destroy the input")
+    if out.exists() and not out.is_file():
+        raise OutputFileError(out, "is not a regular file (a device, pipe or socket); give a file name")
     if out.exists() and not overwrite:
         raise OutputFileError(out, "exists; give another path or pass --overwrite to replace it")
     for parent in out.absolute().parents:
@@ -80,13 +83,21 @@ def atomic_output(path: str | os.PathLike, mode: str = "w", encoding: str | None
         path: the final file; its folder is created when missing.
         mode: ``"w"`` (text) or ``"wb"`` (bytes).
         encoding: text encoding (ignored for bytes).
+
+    Raises:
+        OutputFileError: ``path`` is a folder, a device or a pipe.
     """
     out = Path(path)
+    if out.exists() and not out.is_file():  # os.replace would replace the folder entry of a device or pipe
+        kind = "a folder" if out.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise OutputFileError(out, f"is {kind}; give a file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    # a unique name (not only the pid): two threads writing the same output must not share a temporary file
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    tmp = Path(name)
     kwargs = {} if "b" in mode else {"encoding": encoding}
     try:
-        with open(tmp, mode, **kwargs) as handle:
+        with open(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

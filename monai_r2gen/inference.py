@@ -146,6 +146,10 @@ class ReportInference:
             top).
         on_error: "raise": the first unusable input or unreadable view raises its typed error; "skip": it is logged
             and reported in the results (``skipped``, and ``error`` for a study left without any readable view).
+        accept_nonstandard: write reports for views that are not chest radiographs (a CT slice, a colour image, a
+            tiny or constant image...; see :mod:`monai_r2gen.data.radiograph_checks`), each logged as a warning. By
+            default such a view is refused with ``NotAChestRadiographError`` (skipped, with its reason, under
+            ``on_error="skip"``).
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class ReportInference:
         batch_size: int = 8,
         generation: Mapping[str, Any] | None = None,
         on_error: str = "raise",
+        accept_nonstandard: bool = False,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -175,6 +180,7 @@ class ReportInference:
         self.batch_size = int(batch_size)
         self.generation = dict(generation or {})
         self.on_error = on_error
+        self.accept_nonstandard = bool(accept_nonstandard)
         self.load_seconds: float | None = None
         self._lock = threading.Lock()
         self._network: Any = None
@@ -202,7 +208,9 @@ class ReportInference:
                 network = network.to(self.device).eval()
                 size = int(self._image_size or network.config.image_size or 224)
                 views = int(self._max_views or network.config.max_views)
-                self._transform = LoadStudyViewsd(keys="image", spatial_size=size, max_views=views)
+                self._transform = LoadStudyViewsd(
+                    keys="image", spatial_size=size, max_views=views, accept_nonstandard=self.accept_nonstandard
+                )
                 # the prompt is the same for every study: tokenized once here, so that concurrent calls never use the
                 # (not thread-safe) tokenizer for encoding
                 self._prompt = network.encode_prompts([network.config.prompt_template])

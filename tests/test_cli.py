@@ -228,3 +228,312 @@ def test_evaluate_findings_errors_take_the_normal_error_path(phantom_eval, tmp_p
     assert "needs a findings file" in capsys.readouterr().err
     assert main(_evaluate(phantom_eval, "perfect", "--findings", str(tmp_path / "missing.json"))) == 2
     assert "missing.json: findings file not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reliability (issue 14): nothing lost, impossible arguments refused, one-line errors, Ctrl-C
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _partials(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.partial"))
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    return line
+
+
+def test_generate_refuses_an_output_that_is_an_input(tiny_model_dir, inputs, tmp_path, capsys) -> None:
+    copies = tmp_path / "copies"
+    shutil.copytree(inputs["study"], copies / "study")
+    manifest = copies / "manifest.jsonl"
+    shutil.copy(inputs["manifest"], manifest)
+    png = copies / "chest.png"
+    shutil.copy(inputs["png"], png)
+    frontal = copies / "study" / "b_frontal.dcm"  # not named on the command line: read from the study folder
+    before = {p: p.read_bytes() for p in (manifest, png, frontal)}
+    for target in before:
+        args = [
+            "generate",
+            str(tiny_model_dir),
+            str(png),
+            str(manifest),
+            str(copies / "study"),
+            "--output",
+            str(target),
+        ]
+        assert main([*args, "--overwrite", "--device", "cpu"]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"error: {target}: is also an input"), line
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_generate_refuses_an_existing_output_unless_overwrite(tiny_model_dir, inputs, tmp_path, capsys) -> None:
+    out = tmp_path / "reports.jsonl"
+    out.write_text("earlier result\n")
+    args = ["generate", str(tiny_model_dir), str(inputs["png"]), "--output", str(out), "--device", "cpu"]
+    assert main(args) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(out) in line and "--overwrite" in line and out.read_text() == "earlier result\n"
+    assert main([*args, "--overwrite"]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["id"] == "chest" and row["report"] and _partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["folder", "under_file"])
+def test_generate_and_evaluate_refuse_an_output_under_a_file_or_a_folder(
+    where, tiny_model_dir, inputs, tmp_path, monkeypatch, capsys
+) -> None:
+    import monai_r2gen.evaluation
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    out = tmp_path if where == "folder" else blocker / "reports.jsonl"
+    reason = "is a folder" if where == "folder" else f"{blocker} is a file"
+    assert main(["generate", str(tiny_model_dir), str(inputs["png"]), "--output", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {out}: ") and reason in line
+
+    monkeypatch.setattr(monai_r2gen.evaluation, "evaluate_files", lambda *a, **k: pytest.fail("scored first"))
+    predictions, references = tmp_path / "preds.jsonl", tmp_path / "annotation.json"
+    predictions.write_text("")
+    references.write_text("{}")
+    evaluate = ["evaluate", "--predictions", str(predictions), "--references", str(references)]
+    assert main([*evaluate, "--output", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {out}: ") and reason in line
+    assert main([*evaluate, "--output", str(predictions)]) == 2  # the scores must not replace the predictions
+    assert "is also an input" in _one_error_line(capsys.readouterr().err)
+
+
+def _fake_results(results: list[dict], failure: BaseException):
+    def iter_results(self, inputs, generation=None):
+        yield from results
+        raise failure
+
+    return iter_results
+
+
+def _result(study_id: str) -> dict:
+    return {"id": study_id, "report": "No acute disease.", "skipped": [], "views": []}
+
+
+def test_a_failing_generate_leaves_the_earlier_result(tiny_model_dir, inputs, tmp_path, monkeypatch, capsys) -> None:
+    from monai_r2gen.errors import ModelFileError
+
+    out = tmp_path / "reports.jsonl"
+    out.write_text("earlier result\n")
+    damaged = ModelFileError(tiny_model_dir / "modules.safetensors", "truncated (12 of 4096 bytes)")
+    monkeypatch.setattr(ReportInference, "iter_results", _fake_results([_result("chest")], damaged))
+    args = ["generate", str(tiny_model_dir), str(inputs["png"]), "--output", str(out), "--overwrite"]
+    assert main([*args, "--device", "cpu"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == f"error: {damaged}"
+    assert out.read_text() == "earlier result\n" and _partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_ctrl_c_during_generate(earlier, tiny_model_dir, inputs, tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "reports.jsonl"
+    if earlier:
+        out.write_text("earlier result\n")
+    monkeypatch.setattr(ReportInference, "iter_results", _fake_results([_result("chest")], KeyboardInterrupt()))
+    paths = [str(inputs["png"]), str(inputs["manifest"])]
+    args = ["generate", str(tiny_model_dir), *paths, "--output", str(out), "--overwrite", "--device", "cpu"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    kept = "left as it was" if earlier else "not written"
+    assert err.splitlines()[-1] == f"interrupted after 1 of 2 studies; {out} {kept} (no partial file)"
+    assert (out.read_text() == "earlier result\n") if earlier else not out.exists()
+    assert _partials(tmp_path) == []
+
+    assert main(["generate", str(tiny_model_dir), *paths, "--device", "cpu"]) == 130  # to standard output
+    captured = capsys.readouterr()
+    assert [json.loads(line)["id"] for line in captured.out.splitlines()] == ["chest"]
+    assert (
+        captured.err.splitlines()[-1] == "interrupted after 1 of 2 studies; the lines on standard output are incomplete"
+    )
+    with pytest.raises(KeyboardInterrupt):  # --debug: the interrupt itself
+        main(["--debug", "generate", str(tiny_model_dir), *paths, "--device", "cpu"])
+
+
+def test_generate_passes_accept_nonstandard(tmp_path, inputs, monkeypatch, capsys) -> None:
+    import monai_r2gen.inference
+
+    seen = []
+
+    class Engine:
+        load_seconds = None
+
+        def __init__(self, model_dir, **kwargs) -> None:
+            seen.append(kwargs)
+
+        def studies(self, paths):
+            return []
+
+        def iter_results(self, studies, generation=None):
+            return iter(())
+
+    monkeypatch.setattr(monai_r2gen.inference, "ReportInference", Engine)
+    (tmp_path / "generator.json").write_text("{}")
+    assert main(["generate", str(tmp_path), str(inputs["png"]), "--accept-nonstandard"]) == 1
+    assert main(["generate", str(tmp_path), str(inputs["png"])]) == 1
+    assert [kwargs["accept_nonstandard"] for kwargs in seen] == [True, False]
+    capsys.readouterr()
+
+
+def test_synth_refuses_a_folder_holding_a_data_set(tmp_path, monkeypatch, capsys) -> None:
+    import monai_r2gen.data.synthetic
+
+    calls = []
+    monkeypatch.setattr(monai_r2gen.data.synthetic, "generate_dataset", lambda out, **kw: calls.append((out, kw)))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "annotation.json").write_text('{"train": []}')
+    assert main(["synth", "--out", str(data), "--n", "4"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {data}: already holds a data set") and "--overwrite" in line
+    assert (data / "annotation.json").read_text() == '{"train": []}' and calls == []
+    assert main(["synth", "--out", str(data / "annotation.json"), "--n", "4"]) == 2
+    assert "is a file" in _one_error_line(capsys.readouterr().err)
+
+    assert main(["synth", "--out", str(data), "--n", "4", "--overwrite", "--formats", "png"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "fresh"), "--n", "4"]) == 0
+    assert [(out, kw["n_studies"], kw["formats"]) for out, kw in calls] == [
+        (str(data), 4, ("png",)),
+        (str(tmp_path / "fresh"), 4, ("png", "dcm")),
+    ]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["check-data", "m.json", "--spatial-size", "0"], "--spatial-size"),
+        (["check-data", "m.json", "--max-views", "0"], "--max-views"),
+        (["check-data", "m.json", "--show", "-1"], "--show"),
+        (["synth", "--out", "d", "--n", "-5"], "--n"),
+        (["synth", "--out", "d", "--n", "many"], "--n"),
+        (["synth", "--out", "d", "--image-size", "0"], "--image-size"),
+        (["synth", "--out", "d", "--image-size", "100000"], "--image-size"),
+        (["synth", "--out", "d", "--lateral-fraction", "2"], "--lateral-fraction"),
+        (["synth", "--out", "d", "--lateral-fraction", "nan"], "--lateral-fraction"),
+        (["synth", "--out", "d", "--workers", "-1"], "--workers"),
+        (["synth", "--out", "d", "--seed", "-1"], "--seed"),
+        (["synth", "--out", "d", "--formats", "gif"], "--formats"),
+        (["generate", "model", "x.png", "--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_impossible_numbers_are_argument_errors(argv, option, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {option}" in err and "Traceback" not in err
+
+
+def test_file_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys) -> None:
+    import monai_r2gen.cli as cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/data/annotation.json")
+
+    monkeypatch.setattr(cli, "_cmd_check_data", denied)
+    assert main(["check-data", "m.json"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == "error: /data/annotation.json: Permission denied"
+    with pytest.raises(PermissionError):
+        main(["--debug", "check-data", "m.json"])
+
+    def wrapped(args):
+        try:
+            raise IsADirectoryError(21, "Is a directory", "/data/images")
+        except OSError as exc:
+            raise RuntimeError("Failed to evaluate") from exc
+
+    monkeypatch.setattr(cli, "_cmd_check_data", wrapped)
+    assert main(["check-data", "m.json"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == "error: /data/images: Is a directory"
+
+    monkeypatch.setattr(cli, "_cmd_check_data", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # not a user error: the traceback is the bug report
+        main(["check-data", "m.json"])
+
+
+def test_train_surfaces_our_error_from_inside_monai(tmp_path, monkeypatch, capsys) -> None:
+    import monai.bundle
+
+    from monai_r2gen.errors import ManifestError
+
+    config = tmp_path / "configs" / "train.yaml"
+    config.parent.mkdir()
+    config.write_text("training: []\n")
+    annotation = tmp_path / "annotation.json"
+
+    def run(*args, **kwargs):
+        try:
+            raise ManifestError(annotation, "entry 3 (train) has no 'report'")
+        except ManifestError as exc:
+            try:
+                raise RuntimeError("Failed to evaluate ConfigExpression: $@workflow.run()") from exc
+            except RuntimeError as outer:
+                raise RuntimeError("Failed to instantiate component 'x.Y' with keywords: a") from outer
+
+    monkeypatch.setattr(monai.bundle, "run", run)
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert _one_error_line(err) == f"error: {annotation}: entry 3 (train) has no 'report'"
+    assert "Failed to" not in err
+    with pytest.raises(RuntimeError, match="Failed to instantiate"):
+        main(["--debug", "train", "--config", str(config)])
+
+
+@pytest.fixture()
+def tiny_bundle(tmp_path: Path) -> Path:
+    """A bundle config whose run id only builds the training workflow (never runs it): config errors are cheap."""
+    config = tmp_path / "configs" / "train.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "stage0: {name: stage0, max_iterations: 1}\n"
+        "workflow:\n"
+        "  _target_: monai_r2gen.engines.workflows.ReportTrainingWorkflow\n"
+        "  network: {}\n"
+        "  dataset_dir: \"$@bundle_root + '/data'\"\n"
+        "  output_dir: \"$@bundle_root + '/runs'\"\n"
+        "  stages: ['@stage0']\n"
+        "  device: cpu\n"
+        "training: ['@workflow']\n"
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["workflow#foo=1"], "train.yaml: override workflow#foo=1: workflow (ReportTrainingWorkflow) has no setting "
+                             "'foo' (its settings: network, dataset_dir, output_dir"),
+        (["stage0#foo=1"], "unknown stage settings ['foo']"),
+        (["workflow#seed=abc"], "cannot be built: ValueError: invalid literal for int() with base 10: 'abc' (set in "
+                                "override workflow#seed=abc)"),
+        (["training#foo=1"], "train.yaml: override training#foo=1: 'training' is a list of 1 item; give an index 0..0"),
+        (["nope#x=1"], "train.yaml: override nope#x=1: no 'nope' in the config"),
+        (["workflow#device=@nope"], "the referring item `@nope` is not defined"),
+        (["--run-id", "nope"], "train.yaml: no run id 'nope' (run ids: training)"),
+    ],
+)  # fmt: skip
+def test_train_config_errors_name_the_file_and_the_key(tiny_bundle, extra, expected, capsys) -> None:
+    assert main(["train", "--config", str(tiny_bundle), *extra]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: ") and expected in line, line
+
+
+def test_train_config_errors_in_a_second_file(tiny_bundle, capsys) -> None:
+    extra = tiny_bundle.parent / "extra.yaml"
+    extra.write_text("workflow#bar: 3\n")
+    assert main(["train", "--config", str(tiny_bundle), "--config", str(extra)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "extra.yaml: workflow#bar: ReportTrainingWorkflow has no setting 'bar' (its settings: network," in line
+    extra.write_text("workflow: [unclosed\n")
+    assert main(["train", "--config", str(tiny_bundle), "--config", str(extra)]) == 2
+    assert "extra.yaml: not a readable bundle config" in _one_error_line(capsys.readouterr().err)

@@ -8,11 +8,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pydicom.data import get_testdata_file
 
 import monai_r2gen
 from monai_r2gen.data.studies import collect_studies
-from monai_r2gen.errors import RadiographReadError
+from monai_r2gen.errors import NotAChestRadiographError, RadiographReadError
 from monai_r2gen.inference import ReportInference, model_fingerprint
 from monai_r2gen.networks.generator import RadiologyReportGenerator
 from tests.conftest import REPORT
@@ -152,3 +154,29 @@ def test_run_inference_writes_reports_and_errors(tiny_model_dir, pngs, tmp_path)
     assert row == results[0] and (out / "cxr0.txt").read_text().strip() == REPORT
     (error,) = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert error["id"] == "corrupt" and "error" in error
+
+
+def test_non_chest_inputs_are_refused_unless_accepted(engine, tiny_model_dir, tmp_path) -> None:
+    ct = get_testdata_file("CT_small.dcm")
+    if ct is None:
+        pytest.skip("pydicom test file CT_small.dcm not available")
+    dot = save_pil(tmp_path / "dot.png", np.array([[7]], np.uint8), "PNG")
+    refused_ct, refused_dot = engine([ct, dot])
+    for result, path, reason in ((refused_ct, ct, "modality CT"), (refused_dot, str(dot), "1 x 1 pixels")):
+        assert "report" not in result and "not a chest radiograph" in result["error"] and reason in result["error"]
+        assert result["skipped"][0]["file"] == path and reason in result["skipped"][0]["reason"]
+    with pytest.raises(NotAChestRadiographError, match=r"CT_small\.dcm: not a chest radiograph: modality CT"):
+        ReportInference(tiny_model_dir, device="cpu")([ct])
+    accepting = ReportInference(tiny_model_dir, device="cpu", on_error="skip", accept_nonstandard=True)
+    assert [r.get("report") for r in accepting([ct, dot])] == [REPORT, REPORT]
+
+
+def test_empty_and_truncated_files_give_the_precise_reason(engine, synthetic_study, tmp_path) -> None:
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(next(synthetic_study.glob("*.dcm")).read_bytes()[:300])
+    by_file = {Path(r["skipped"][0]["file"]).name: r for r in engine([empty, cut])}
+    assert by_file["empty.dcm"]["skipped"][0]["reason"] == "empty file (0 bytes)"
+    assert by_file["cut.dcm"]["skipped"][0]["reason"].startswith("truncated file (300 bytes)")
+    assert all("not a DICOM file" not in r["error"] for r in by_file.values())

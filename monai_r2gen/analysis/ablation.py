@@ -50,7 +50,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _LORA = {"r": 16, "alpha": 32, "dropout": 0.0,
-         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}  # fmt: skip
+         "target_modules": "all-linear"}  # fmt: skip
 #: the embedded default's stage settings (bundle/configs/train.yaml)
 _BASE_STAGES: dict[str, dict[str, Any]] = {
     "encoder_warmup": {"name": "encoder_warmup", "validate": False, "lr": 3e-3, "warmup_steps": 20, "end_lr": 1e-5},

@@ -216,8 +216,12 @@ def _report_ids(network: Any, texts: Sequence[str]) -> list[list[int]]:
 
 @torch.no_grad()
 def _greedy_ids(
-    network: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, images: torch.Tensor,
-    view_mask: torch.Tensor | None, max_new_tokens: int | None,
+    network: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    images: torch.Tensor,
+    view_mask: torch.Tensor | None,
+    max_new_tokens: int | None,
 ) -> list[list[int]]:
     embeds, attention_mask = network.prepare_inputs_embeds(prompt_ids, prompt_mask, images, view_mask)
     overrides: dict[str, Any] = {"num_beams": 1, "do_sample": False}

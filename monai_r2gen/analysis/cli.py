@@ -48,15 +48,23 @@ def cmd_attention(args: argparse.Namespace) -> int:
         overlays=not args.no_overlays, image_root=args.image_root, device=args.device,
     )  # fmt: skip
     summary = result["summary"]
-    print(f"visual share of attention ({summary['source']} reports, {summary['studies']} studies, "
-          f"{summary['report_tokens']} tokens): mean {summary['visual_share_mean']:.3f}")
+    print(
+        f"visual share of attention ({summary['source']} reports, {summary['studies']} studies, "
+        f"{summary['report_tokens']} tokens): mean {summary['visual_share_mean']:.3f}"
+    )
     for layer, value in enumerate(summary["visual_share_per_layer"]):
         print(f"  layer {layer:<3} {value:.3f}")
     best = summary["most_visual_head"]
     print(f"  most visual head: layer {best['layer']} head {best['head']} ({best['share']:.3f})")
     if result["grounding"]:
-        columns = (("kind", "finding"), ("words", "words"), ("inside_mean", "inside boxes"),
-                   ("area_mean", "box area"), ("ratio_mean", "ratio"), ("above_chance", "share > 1"))
+        columns = (
+            ("kind", "finding"),
+            ("words", "words"),
+            ("inside_mean", "inside boxes"),
+            ("area_mean", "box area"),
+            ("ratio_mean", "ratio"),
+            ("above_chance", "share > 1"),
+        )
         print(format_table(result["grounding"], columns))
     for name, path in result["files"].items():
         print(f"  {name:<11} {path}")
@@ -95,8 +103,11 @@ def add_ablation_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 
 def _common(parser: argparse.ArgumentParser, max_studies: int) -> None:
-    parser.add_argument("--model", default="embedded",
-                        help="model directory (save_pretrained) or 'embedded' (the embedded default, random weights)")
+    parser.add_argument(
+        "--model",
+        default="embedded",
+        help="model directory (save_pretrained) or 'embedded' (the embedded default, random weights)",
+    )
     parser.add_argument("--manifest", required=True, help="annotation.json / JSONL / CSV of the studies")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-studies", type=int, default=max_studies, help="first N studies of the split")
@@ -120,10 +131,17 @@ def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     attention = sub.add_parser("attention", help="attention of report words on the image: heatmap and overlays")
     _common(attention, 8)
-    attention.add_argument("--reports", default="generated", choices=["generated", "reference"],
-                           help="analyse the model's greedy reports or the reference reports (teacher-forced)")
-    attention.add_argument("--findings", default=None,
-                           help="findings.json of a phantom data set (default: beside the manifest, if present)")
+    attention.add_argument(
+        "--reports",
+        default="generated",
+        choices=["generated", "reference"],
+        help="analyse the model's greedy reports or the reference reports (teacher-forced)",
+    )
+    attention.add_argument(
+        "--findings",
+        default=None,
+        help="findings.json of a phantom data set (default: beside the manifest, if present)",
+    )
     attention.add_argument("--words", type=_str_list, default=None, help="comma-separated words to draw overlays for")
     attention.add_argument("--layers", type=_int_list, default=None, help="comma-separated LLM layers to average")
     attention.add_argument("--max-new-tokens", type=int, default=64)

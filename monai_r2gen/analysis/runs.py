@@ -77,8 +77,14 @@ def analyze_prompts(
     from monai_r2gen.analysis.prompts import soft_prompt_statistics, write_prompt_report
 
     network = _model(model, manifest, device, eager_attention=False)
-    studies = load_studies(manifest, split, image_root=image_root, max_studies=max_studies,
-                           image_size=int(network.config.image_size or 224), max_views=network.config.max_views)
+    studies = load_studies(
+        manifest,
+        split,
+        image_root=image_root,
+        max_studies=max_studies,
+        image_size=int(network.config.image_size or 224),
+        max_views=network.config.max_views,
+    )
     images, view_mask = stack_studies(studies)
     ids = [s["id"] for s in studies]
     results = []
@@ -145,8 +151,14 @@ def analyze_attention(
     if reports not in ("generated", "reference"):
         raise ValueError(f"reports must be 'generated' or 'reference', got {reports!r}")
     network = _model(model, manifest, device)
-    studies = load_studies(manifest, split, image_root=image_root, max_studies=max_studies,
-                           image_size=int(network.config.image_size or 224), max_views=network.config.max_views)
+    studies = load_studies(
+        manifest,
+        split,
+        image_root=image_root,
+        max_studies=max_studies,
+        image_size=int(network.config.image_size or 224),
+        max_views=network.config.max_views,
+    )
     images, view_mask = stack_studies(studies)
     texts = [s["report"] for s in studies] if reports == "reference" else None
     analysis = collect_attention(network, images, view_mask, [s["id"] for s in studies], reports=texts,
@@ -203,8 +215,14 @@ def analyze_attention(
         grounding_summary = summarize_grounding(grounding_rows)
         (out / "grounding.json").write_text(json.dumps({"summary": grounding_summary, "rows": grounding_rows},
                                                        indent=1), encoding="utf-8")  # fmt: skip
-        columns = (("kind", "finding"), ("words", "words"), ("inside_mean", "attention inside boxes"),
-                   ("area_mean", "box area"), ("ratio_mean", "ratio"), ("above_chance", "share of words > 1"))
+        columns = (
+            ("kind", "finding"),
+            ("words", "words"),
+            ("inside_mean", "attention inside boxes"),
+            ("area_mean", "box area"),
+            ("ratio_mean", "ratio"),
+            ("above_chance", "share of words > 1"),
+        )
         (out / "grounding.md").write_text(format_table(grounding_summary, columns) + "\n", encoding="utf-8")
         files["grounding"] = str(out / "grounding.json")
     (out / "attention.json").write_text(json.dumps(record, indent=1), encoding="utf-8")

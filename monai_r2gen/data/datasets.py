@@ -11,6 +11,22 @@ Manifests understood by :func:`read_manifest`:
 
 Every item is ``{"id": str, "image": [absolute paths], "report": str, "split": str, ...extra fields}``; the
 ``report`` key is absent when the entry has no report or an empty one (inference).
+
+Checks of the whole manifest (all splits, since an ``annotation.json`` holds them all), in :func:`read_manifest`:
+
+- a study id may appear once in the whole manifest (after MIMIC-CXR entries are grouped into studies): a repeat
+  within a split, or across splits (a study in both ``train`` and ``test`` leaks the test set into training), is
+  an error naming the file and the id; when the caller collects skips instead (``skipped=[...]``, which
+  :class:`ReportDataset` does under ``on_error="skip"``), the first occurrence in manifest order is kept and every
+  later one is left out and recorded;
+- a ``report`` that is not a string is an error, or a recorded skip in the same way.
+
+Checks of each study, in :class:`ReportDataset`: a study of a ``train`` / ``val`` / ``test`` split must have a
+report (:data:`REPORT_SPLITS`; ``require_report`` overrides this) and no report may be longer than
+:data:`~monai_r2gen.metrics.nlg.MAX_REPORT_CHARS` characters (``max_report_chars``), the bound NLG scoring applies.
+Under ``on_error="raise"`` both are a :class:`~monai_r2gen.errors.ManifestError` naming the manifest and the
+study; under ``"skip"`` a logged skip recorded in :attr:`ReportDataset.skipped` (which ``monai-r2gen check-data``
+prints).
 """
 
 from __future__ import annotations
@@ -30,13 +46,22 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 
 from monai_r2gen.data.reports import IGNORE_INDEX, TARGETS, clean_report, select_target
 from monai_r2gen.errors import InputFileError, ManifestError, ModelConfigError, R2GenError, RadiographReadError
+from monai_r2gen.metrics.nlg import MAX_REPORT_CHARS
 
-__all__ = ["IMAGE_PATH_FIELDS", "read_manifest", "ReportDataset", "ReportCollate"]
+__all__ = ["IMAGE_PATH_FIELDS", "REPORT_SPLITS", "MAX_REPORT_CHARS", "read_manifest", "ReportDataset", "ReportCollate"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_PATH_FIELDS = ("image_paths", "image_path", "image", "images")
 """Accepted names of the image path field, first found wins."""
+
+REPORT_SPLITS = ("train", "val", "test")
+"""Splits whose studies must carry a report in :class:`ReportDataset` (training and scoring need one)."""
+
+Skip = tuple[str, str, str]
+"""A left-out study: ``(study id, file, reason)``."""
+
+_Problem = tuple[str, str, str, str]  # (split, study id, file, reason): a Skip with its split, inside read_manifest
 
 _JSON_SUFFIXES = (".json",)
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -132,8 +157,13 @@ def _resolve(image_path: str, root: Path) -> str:
     return os.path.abspath(expanded if os.path.isabs(expanded) else os.path.join(root, expanded))
 
 
-def _normalise_entry(path: Path, where: str, entry: Any, root: Path) -> dict:
-    """Checks one raw entry and returns an item with ``id``, ``image`` (absolute paths), ``split`` and extras."""
+def _normalise_entry(
+    path: Path, where: str, entry: Any, root: Path, problems: list[_Problem] | None = None
+) -> dict | None:
+    """Checks one raw entry and returns an item with ``id``, ``image`` (absolute paths), ``split`` and extras.
+
+    A report that is not a string raises, or, when ``problems`` is a list, is appended there and gives ``None``.
+    """
     if not isinstance(entry, Mapping):
         raise ManifestError(path, f"{where}: expected an object, got {type(entry).__name__}")
     field = next((f for f in IMAGE_PATH_FIELDS if f in entry), None)
@@ -153,7 +183,11 @@ def _normalise_entry(path: Path, where: str, entry: Any, root: Path) -> dict:
         raise ManifestError(path, f"{where}: 'id' must be a non-empty string or integer")
     item["id"] = str(item["id"]).strip()
     if "report" in item and item["report"] is not None and not isinstance(item["report"], str):
-        raise ManifestError(path, f"{where}: 'report' must be a string")
+        reason = f"{where}: 'report' must be a string, got {type(item['report']).__name__}"
+        if problems is None:
+            raise ManifestError(path, f"{reason} (study {item['id']!r})")
+        problems.append((str(item.get("split") or ""), item["id"], os.fspath(path), reason))
+        return None
     if item.get("report") is None or not item["report"].strip():  # no report (an empty CSV cell): inference
         item.pop("report", None)
     item["split"] = str(item.get("split") or "")
@@ -185,14 +219,37 @@ def _group_studies(items: list[dict]) -> list[dict]:
     return list(groups.values())
 
 
+def _drop_duplicate_ids(path: Path, items: list[dict], problems: list[_Problem] | None) -> list[dict]:
+    """Keeps the first item of each id (manifest order); a later one raises, or is appended to ``problems``."""
+    first_split: dict[str, str] = {}
+    kept = []
+    for item in items:
+        key, split = item["id"], item["split"]
+        if key not in first_split:
+            first_split[key] = split
+            kept.append(item)
+            continue
+        seen = first_split[key]
+        where = f"within split {split!r}" if seen == split else f"in split {split!r}, already in split {seen!r}"
+        reason = f"duplicated study id {where}"
+        if problems is None:
+            raise ManifestError(path, f"{reason}: {key!r} (a study id may appear once in the whole manifest)")
+        problems.append((split, key, os.fspath(path), f"{reason} (the first one is kept)"))
+    return kept
+
+
 def read_manifest(
     path: str | os.PathLike,
     split: str | None = None,
     image_root: str | os.PathLike | None = None,
     *,
     group_studies: bool = True,
+    skipped: list[Skip] | None = None,
 ) -> list[dict]:
     """Reads an R2Gen/R2GenGPT ``annotation.json``, a JSONL or a CSV manifest (chosen by the file suffix).
+
+    The whole manifest is checked, whatever ``split``: a study id repeated within or across splits, or a report
+    that is not a string, raises :class:`ManifestError`, unless ``skipped`` is given (see the module docstring).
 
     Args:
         path: the manifest (``.json``, ``.jsonl`` / ``.ndjson`` or ``.csv``).
@@ -200,12 +257,16 @@ def read_manifest(
         image_root: folder that relative image paths are relative to; default: the manifest's folder.
         group_studies: merge entries with the same ``study_id`` (and ``subject_id`` and split) into one item whose
             ``id`` is the study id, ``image`` all its views and ``source_ids`` the entries' ids.
+        skipped: when a list, entries with a non-string report and repeats of a study id (all but the first in
+            manifest order) are left out and ``(study id, manifest path, reason)`` appended to it (those of
+            ``split`` only; not logged), instead of raising.
 
     Returns:
         The items, in manifest order.
 
     Raises:
-        ManifestError: the file is missing, unreadable or malformed, has no entries, or has no entry of ``split``.
+        ManifestError: the file is missing, unreadable or malformed, has no entries, has no entry of ``split``, or
+            (without ``skipped``) repeats a study id or has a non-string report.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -218,16 +279,21 @@ def read_manifest(
     else:
         raise ManifestError(path, f"unknown manifest type {suffix!r}; expected .json (annotation), .jsonl or .csv")
     root = Path(image_root) if image_root is not None else path.parent
-    items = [_normalise_entry(path, where, entry, root) for where, entry in entries]
-    if not items:
+    if not entries:
         raise ManifestError(path, "no entries")
+    problems: list[_Problem] | None = None if skipped is None else []
+    normalised = (_normalise_entry(path, where, entry, root, problems) for where, entry in entries)
+    items = [item for item in normalised if item is not None]
     if group_studies:
         items = _group_studies(items)
+    items = _drop_duplicate_ids(path, items, problems)
+    if skipped is not None:
+        skipped.extend(problem[1:] for problem in problems or () if split is None or problem[0] == split)
     if split is not None:
-        available = sorted({item["split"] for item in items})
+        present = {item["split"] for item in items} | {problem[0] for problem in problems or ()}
         items = [item for item in items if item["split"] == split]
-        if not items:
-            raise ManifestError(path, f"no entries of split {split!r}; splits present: {available}")
+        if split not in present:
+            raise ManifestError(path, f"no entries of split {split!r}; splits present: {sorted(present)}")
     return items
 
 
@@ -290,10 +356,16 @@ class ReportDataset(Dataset):
     ``None`` (dropped by :class:`ReportCollate`); both are logged with the file and the reason and recorded in
     :attr:`skipped`. Errors that are not ``R2GenError`` always propagate. Studies whose report is empty after
     section selection and cleaning are dropped when ``drop_empty_reports`` (as R2Gen drops MIMIC-CXR studies without
-    findings), and recorded in :attr:`skipped` too, as are studies without a report in a manifest where other
-    studies have one. With DataLoader workers, failures inside worker processes are logged there but not added to
-    the main process's :attr:`skipped`. The ``report`` kept in each item is the full cleaned text (only the token
-    ids are truncated), so references are never truncated before scoring.
+    findings), and recorded in :attr:`skipped` too, as are studies of another split (or none) without a report in a
+    manifest where other studies have one. With DataLoader workers, failures inside worker processes are logged there
+    but not added to the main process's :attr:`skipped`. The ``report`` kept in each item is the full cleaned text
+    (only the token ids are truncated), so references are never truncated before scoring.
+
+    Manifest checks (see the module docstring): a repeated study id (within or across the manifest's splits), a
+    report that is not a string, a study of a :data:`REPORT_SPLITS` split without a report (``require_report``) and
+    a report longer than ``max_report_chars`` raise :class:`ManifestError` naming the manifest and the study under
+    ``on_error="raise"``; under ``"skip"`` they are logged and recorded in :attr:`skipped` (for a repeated id, every
+    occurrence after the first in manifest order). A list of items is checked for repeated ids among its own items.
 
     Args:
         manifest: a manifest path (see :func:`read_manifest`) or a list of items already read.
@@ -311,10 +383,17 @@ class ReportDataset(Dataset):
         cache_dir: the ``PersistentDataset`` folder (required for ``cache="persistent"``).
         cache_kwargs: extra arguments of ``CacheDataset`` / ``PersistentDataset`` (``num_workers``, ``cache_rate``,
             ``progress``, ``hash_transform`` ...).
-        drop_empty_reports: drop studies whose report is empty after selection and cleaning, or missing while other
-            studies have one (a manifest without any report is kept whole, for inference).
+        drop_empty_reports: drop studies whose report is empty after selection and cleaning, or missing (in a study
+            that does not need one, see ``require_report``) while other studies have one; a manifest without any
+            report is kept whole, for inference.
         check_files: check at construction that every image file exists.
         group_studies: passed to :func:`read_manifest`.
+        require_report: whether every study needs a report: ``None`` (default) for studies of a
+            :data:`REPORT_SPLITS` split (training and scoring), ``True`` for all, ``False`` for none (inference).
+            A study that needs one and has none (or an empty one) is an error or a skip (``on_error``), whatever
+            ``drop_empty_reports``.
+        max_report_chars: longest accepted report in characters, before cleaning (default
+            :data:`MAX_REPORT_CHARS`, the bound of NLG scoring); ``None``: no limit.
 
     Raises:
         ManifestError: bad manifest. RadiographReadError: missing image under ``on_error="raise"``.
@@ -336,6 +415,8 @@ class ReportDataset(Dataset):
         drop_empty_reports: bool = True,
         check_files: bool = True,
         group_studies: bool = True,
+        require_report: bool | None = None,
+        max_report_chars: int | None = MAX_REPORT_CHARS,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ModelConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -345,24 +426,43 @@ class ReportDataset(Dataset):
             raise ModelConfigError(f"target must be None or one of {TARGETS}, got {target!r}")
         if cache == "persistent" and cache_dir is None:
             raise ModelConfigError("cache='persistent' needs a cache_dir")
+        if require_report not in (None, True, False):
+            raise ModelConfigError(f"require_report must be None, True or False, got {require_report!r}")
+        if max_report_chars is not None and (
+            isinstance(max_report_chars, bool) or not isinstance(max_report_chars, int) or max_report_chars <= 0
+        ):
+            raise ModelConfigError(f"max_report_chars must be a positive integer or None, got {max_report_chars!r}")
         clean_report("", report_style)  # validates the style early
         self.on_error = on_error
         self.report_style = report_style
         self.target = target
         self.cache = cache
         self.drop_empty_reports = drop_empty_reports
-        self.skipped: list[tuple[str, str, str]] = []
-        self._skip_keys: set[tuple[str, str, str]] = set()
+        self.require_report = require_report
+        self.max_report_chars = max_report_chars
+        self.skipped: list[Skip] = []
+        self._skip_keys: set[Skip] = set()
 
+        problems: list[Skip] | None = [] if on_error == "skip" else None
         if isinstance(manifest, (str, os.PathLike)):
             self.manifest_path: str | None = os.fspath(manifest)
-            raw_items = read_manifest(manifest, split=split, image_root=image_root, group_studies=group_studies)
+            raw_items = read_manifest(
+                manifest, split=split, image_root=image_root, group_studies=group_studies, skipped=problems
+            )
         else:
             self.manifest_path = None
+            where = Path("<items>")
             root = Path(image_root) if image_root is not None else Path.cwd()
-            raw_items = [_normalise_entry(Path("<items>"), f"item {i}", item, root) for i, item in enumerate(manifest)]
+            found: list[_Problem] | None = None if problems is None else []
+            raw_items = [_normalise_entry(where, f"item {i}", item, root, found) for i, item in enumerate(manifest)]
+            raw_items = [item for item in raw_items if item is not None]
             raw_items = _group_studies(raw_items) if group_studies else raw_items
+            raw_items = _drop_duplicate_ids(where, raw_items, found)
             raw_items = [item for item in raw_items if split is None or item["split"] == split]
+            if problems is not None:
+                problems.extend(p[1:] for p in found or () if split is None or p[0] == split)
+        for problem in problems or ():
+            self._record_skip(*problem)
         self._expect_reports = any("report" in item for item in raw_items)
         items = [item for item in (self._prepare(item, check_files) for item in raw_items) if item is not None]
         if len(self.skipped) > _MAX_SKIP_LOG_LINES:
@@ -403,11 +503,19 @@ class ReportDataset(Dataset):
                     self._record_skip(item["id"], image_path, "file not found")
                     return None
         item["report_target"] = self.target_name
-        if "report" not in item and self._expect_reports and self.drop_empty_reports:
-            self._record_skip(item["id"], self.manifest_path or "<items>", "no report")
-            return None
+        where = self.manifest_path or "<items>"
+        if "report" not in item:
+            needed = self.require_report if self.require_report is not None else item["split"] in REPORT_SPLITS
+            if needed:
+                return self._refuse(item, "no report")
+            if self._expect_reports and self.drop_empty_reports:
+                self._record_skip(item["id"], where, "no report")
+                return None
         if "report" in item:
             report = item["report"]
+            if self.max_report_chars is not None and len(report) > self.max_report_chars:
+                return self._refuse(item, f"report of {len(report)} characters is longer than the limit of "
+                                          f"{self.max_report_chars} (MAX_REPORT_CHARS)")  # fmt: skip
             if self.target is not None:
                 report = select_target(report, self.target)
             report = clean_report(report, self.report_style)
@@ -417,6 +525,14 @@ class ReportDataset(Dataset):
                 return None
             item["report"] = report
         return item
+
+    def _refuse(self, item: dict, reason: str) -> None:
+        """A manifest problem of one study: ManifestError under ``on_error="raise"``, else a recorded skip."""
+        where = self.manifest_path or "<items>"
+        if self.on_error == "raise":
+            raise ManifestError(where, f"study {item['id']!r}: {reason}")
+        self._record_skip(item["id"], where, reason)
+        return None
 
     def _build_backend(self, cache_dir: str | os.PathLike | None, kwargs: dict) -> Dataset:
         if self.cache == "none":

@@ -10,6 +10,12 @@ VOI window, and returns the image transposed). The decoded stored values are map
 
 and returned as float32 in [0, 1] with shape (rows, cols).
 
+Before any pixel is decoded, :func:`read_dicom_header` reads the header alone and refuses an empty, truncated or
+non-image file and a declared size beyond :mod:`~monai_r2gen.data.radiograph_checks`' limits (a decompression bomb).
+Study discovery uses the same function, so both say the same about a bad file. A Deflated Explicit VR Little Endian
+file is inflated on demand, as far as its header first and then no further than its declared image (pydicom itself
+inflates the whole data set before looking at it).
+
 The LUTs and windows are applied here rather than with pydicom's helpers, whose module moved between versions. Works
 with pydicom 2.4 and 3.x: the calls that differ are isolated in ``_write_part10``, ``_missing_decoder`` and
 ``_color_to_gray``. Patient names and IDs are never logged nor copied into the metadata.
@@ -22,14 +28,23 @@ import logging
 import os
 import struct
 import warnings
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
+from monai_r2gen.data import radiograph_checks
+from monai_r2gen.data.radiograph_checks import (
+    check_declared_size,
+    require_regular_file,
+    sniff_format,
+)
 from monai_r2gen.errors import MultiFrameError, RadiographReadError, UnsupportedTransferSyntaxError
 
 __all__ = [
@@ -39,6 +54,8 @@ __all__ = [
     "make_radiograph_dataset",
     "write_dataset",
     "read_dicom_pixels",
+    "read_dicom_header",
+    "read_instance_uids",
     "dicom_metadata",
     "is_dicom_file",
     "require_nonempty_file",
@@ -263,33 +280,345 @@ def _write_part10(ds: Dataset, path: str) -> None:
 WINDOW_MODES = ("auto", "percentile", "minmax")
 
 _DICOM_ERRORS = (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError,
-                 AttributeError, IndexError, OverflowError, struct.error)
+                 AttributeError, IndexError, OverflowError, struct.error)  # fmt: skip
 
 
 def require_nonempty_file(path: str | os.PathLike) -> str:
-    """Return ``path`` as a string after checking that it names a readable, non-empty file.
+    """Return ``path`` as a string after checking, without opening it, that it names a non-empty regular file.
 
     Raises:
-        RadiographReadError: if the file does not exist, is a folder or has 0 bytes.
+        RadiographReadError: "file not found", "not a regular file (...)" (a folder, a FIFO, a socket, a device) or
+            "empty file (0 bytes)".
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise RadiographReadError(path, "file not found")
-    if not os.path.isfile(path):
-        raise RadiographReadError(path, "not a regular file")
-    if os.path.getsize(path) == 0:
-        raise RadiographReadError(path, "empty file (0 bytes)")
-    return path
+    return require_regular_file(path)
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` starts like a DICOM Part-10 file (128-byte preamble then ``DICM``)."""
+    """Whether ``path`` is a regular file that starts like a DICOM Part-10 file (128-byte preamble then ``DICM``)."""
+    return sniff_format(path) == "dicom"
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What :func:`_scan_header` learned about a DICOM image file."""
+
+    dataset: Dataset  # without pixel data
+    deflated: bool
+    data_offset: int  # where the data set starts (after the file meta; 0 for a bare data set)
+    header_bytes: int  # bytes of the (inflated) data set before the pixel data element
+    expected_bytes: int  # bytes of native pixel data the header declares
+
+
+def read_dicom_header(path: str | os.PathLike, *, max_pixels: int | None = None) -> Dataset:
+    """Read and check the header of a DICOM image (everything but the pixel data), without decoding or inflating it.
+
+    The same checks, with the same messages, are made by :func:`read_dicom_pixels` and by study discovery
+    (:func:`monai_r2gen.data.studies.read_view_info`):
+
+    - a regular, non-empty file ("empty file (0 bytes)", "not a regular file (a FIFO (named pipe))");
+    - readable DICOM ("not a DICOM file ...", "not a readable DICOM file (...)");
+    - not truncated: the file meta, the header and (for uncompressed and encapsulated pixel data) the pixel data
+      are complete ("truncated file (300 bytes): it ends inside the file meta information", "truncated file ...:
+      pixel data has 312 of the 512 bytes its header declares", ...);
+    - an image ("DICOM file has no pixel data (SOP class Basic Text SR Storage); it is not an image");
+    - a declared size within :data:`~monai_r2gen.data.radiograph_checks.MAX_PIXELS` per frame and
+      :data:`~monai_r2gen.data.radiograph_checks.MAX_DECODED_BYTES` in all (a decompression bomb is refused here).
+
+    A Deflated Explicit VR Little Endian file is inflated only as far as its pixel data, and no further than
+    :data:`~monai_r2gen.data.radiograph_checks.MAX_HEADER_BYTES`.
+
+    Args:
+        path: a DICOM file (Part-10, or a bare data set without the Part-10 header).
+        max_pixels: most rows x columns of a frame (default ``MAX_PIXELS``).
+
+    Returns:
+        The data set without its pixel data (with ``file_meta`` for a Part-10 file).
+
+    Raises:
+        RadiographReadError: naming the file and the reason.
+    """
+    return _scan_header(require_nonempty_file(path), max_pixels).dataset
+
+
+def read_instance_uids(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(Study Instance UID, SOP Instance UID) of a DICOM file, as far as they can be read; (None, None) when not.
+
+    Never raises and never inflates or reads more than a header: a hint to place an unreadable file in its study.
+    """
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+        path = require_nonempty_file(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if is_dicom_file(path):
+                offset, syntax = _file_meta_extent(path)
+                if syntax == DeflatedExplicitVRLittleEndian:
+                    ds = _read_deflated(path, offset, radiograph_checks.MAX_HEADER_BYTES, stop_before_pixels=True)[0]
+                    return _text(ds.get("StudyInstanceUID")), _text(ds.get("SOPInstanceUID"))
+            tags = ["StudyInstanceUID", "SOPInstanceUID"]
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags, force=True)
+        return _text(ds.get("StudyInstanceUID")), _text(ds.get("SOPInstanceUID"))
+    except Exception:  # only a hint
+        return None, None
+
+
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float Pixel Data, Double Float Pixel Data
+_PIXEL_TAG_BYTES = {b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00",  # little endian
+                    b"\x7f\xe0\x00\x10", b"\x7f\xe0\x00\x08", b"\x7f\xe0\x00\x09"}  # big endian  # fmt: skip
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_ITEM, _SEQUENCE_END = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
+_SLACK_BYTES = 16 << 20  # data a deflated file may hold after its pixel data (padding, signatures)
+
+
+def _at_pixel_data(tag: Any, vr: Any, length: int) -> bool:
+    return int(tag) in _PIXEL_TAGS
+
+
+def _truncated(path: str, size: int, where: str) -> RadiographReadError:
+    return RadiographReadError(path, f"truncated file ({size:,} bytes): {where}")
+
+
+def _file_meta_extent(path: str) -> tuple[int, UID | None]:
+    """(offset of the data set, transfer syntax) of a Part-10 file, from its group 0002 elements (explicit VR little
+    endian); raises a "truncated" RadiographReadError when the file ends inside them."""
+    size = os.path.getsize(path)
+    syntax = None
+    pos = 132
+    with open(path, "rb") as fh:
+        fh.seek(pos)
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                if not head and syntax is not None:
+                    return pos, syntax  # nothing after the file meta: reported by the caller
+                raise _truncated(path, size, "it ends inside the file meta information")
+            group, element = struct.unpack("<HH", head[:4])
+            if group != 0x0002:
+                return pos, syntax
+            vr = head[4:6]
+            if not vr.isalpha() or not vr.isupper():
+                return pos, syntax  # not explicit VR: leave it to pydicom
+            if vr in _LONG_VRS:
+                extra = fh.read(4)
+                if len(extra) < 4:
+                    raise _truncated(path, size, "it ends inside the file meta information")
+                length, header = struct.unpack("<I", extra)[0], 12
+            else:
+                length, header = struct.unpack("<H", head[6:8])[0], 8
+            if pos + header + length > size:
+                raise _truncated(path, size, "it ends inside the file meta information")
+            value = fh.read(length)
+            if element == 0x0010:  # Transfer Syntax UID
+                syntax = UID(value.rstrip(b"\x00 ").decode("ascii", "replace"))
+            pos += header + length
+
+
+class _InflateLimitError(Exception):
+    """A deflated data set inflates past its limit."""
+
+
+class _InflatingReader:
+    """A read-only, seekable view of a raw deflate stream, inflated on demand and never past ``limit`` bytes.
+
+    pydicom inflates a whole deflated data set at once (``zlib.decompress`` of the rest of the file); reading through
+    this lets a header be parsed, and its declared size checked, before the pixel data are inflated.
+    """
+
+    def __init__(self, raw: Any, limit: int, name: str) -> None:
+        self._raw = raw
+        self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buf = bytearray()
+        self._pending = b""
+        self._pos = 0
+        self._done = False
+        self.limit = int(limit)
+        self.name = name
+
+    @property
+    def complete(self) -> bool:
+        """Whether the end of the compressed stream was reached."""
+        return bool(self._z.eof)
+
+    def _fill(self, size: int) -> None:
+        while len(self._buf) < size and not self._done:
+            if not self._pending:
+                self._pending = self._raw.read(1 << 16)
+                if not self._pending:
+                    self._buf += self._z.flush()
+                    self._done = True
+                    break
+            self._buf += self._z.decompress(self._pending, 1 << 20)
+            self._pending = self._z.unconsumed_tail
+            self._done = self._z.eof
+            if len(self._buf) > self.limit:
+                raise _InflateLimitError(len(self._buf))
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = self.limit + 1 if size is None or size < 0 else self._pos + int(size)
+        self._fill(end)
+        with memoryview(self._buf) as view:
+            data = bytes(view[self._pos : end])
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 2:
+            self._fill(self.limit + 1)
+            base = len(self._buf)
+        else:
+            base = self._pos if whence == 1 else 0
+        self._pos = max(0, base + int(offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _read_deflated(path: str, offset: int, limit: int, stop_before_pixels: bool) -> tuple[Dataset, _InflatingReader]:
+    """Parse a Deflated Explicit VR Little Endian data set through an :class:`_InflatingReader` bounded by ``limit``;
+    returns the data set (with ``file_meta``) and the reader, positioned where parsing stopped."""
+    meta = pydicom.filereader.read_file_meta_info(path)
+    with open(path, "rb") as raw:
+        raw.seek(offset)
+        stream = _InflatingReader(raw, limit, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.filereader.read_dataset(
+                stream, False, True, stop_when=_at_pixel_data if stop_before_pixels else None
+            )
+    ds.file_meta = meta
+    if not PYDICOM_3:  # pragma: no cover - pydicom 2.4 reads the encoding from these attributes
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+    return ds, stream
+
+
+def _scan_header(path: str, max_pixels: int | None) -> _Header:
+    """The checked header of a DICOM image (see :func:`read_dicom_header`)."""
+    size = os.path.getsize(path)
+    part10 = is_dicom_file(path)
+    offset, syntax = _file_meta_extent(path) if part10 else (0, None)
+    deflated = syntax == DeflatedExplicitVRLittleEndian
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on odd but readable files; errors are handled below
+            if deflated:
+                ds, stream = _read_deflated(path, offset, radiograph_checks.MAX_HEADER_BYTES, stop_before_pixels=True)
+                tag_at = stream.tell()
+                element = stream.read(12)
+                at_end = len(element) < 4
+            else:
+                with open(path, "rb") as fh:
+                    ds = pydicom.dcmread(fh, stop_before_pixels=True, force=not part10)
+                    tag_at = fh.tell()
+                    element = fh.read(12)
+                at_end = tag_at >= size
+    except _InflateLimitError as exc:
+        limit = radiograph_checks.MAX_HEADER_BYTES >> 20
+        raise RadiographReadError(
+            path, f"deflated DICOM header inflates past {limit} MiB before any pixel data (MAX_HEADER_BYTES); refused"
+        ) from exc
+    except (zlib.error, *_DICOM_ERRORS) as exc:
+        raise RadiographReadError(path, f"not a readable DICOM file ({_short(exc)})") from exc
+    found = element[:4] in _PIXEL_TAG_BYTES
+    if not found:
+        if not part10 and "SOPClassUID" not in ds and "Rows" not in ds:
+            raise RadiographReadError(path, "not a DICOM file (no preamble and no DICOM image elements)")
+        if not at_end:
+            raise RadiographReadError(path, f"not a readable DICOM file (parsing stopped at byte {tag_at:,})")
+        raise RadiographReadError(path, _no_pixel_data_reason(ds, size, part10))
+    expected = _declared_size(path, ds, max_pixels)
+    if not deflated:
+        _check_pixel_extent(path, element, tag_at, size)
+    return _Header(ds, deflated, offset, tag_at, expected)
+
+
+def _declared_size(path: str, ds: Dataset, max_pixels: int | None) -> int:
+    """Check the declared image size against the limits; returns the bytes of native pixel data it declares."""
+    if "Rows" not in ds or "Columns" not in ds:
+        raise RadiographReadError(path, "DICOM file has pixel data but no Rows / Columns")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError) as exc:
+        raise RadiographReadError(path, f"unusable image attributes ({_short(exc)})") from exc
+    frames = _number_of_frames(ds)
+    check_declared_size(path, rows, cols, frames=frames, samples=samples, bits_allocated=bits, max_pixels=max_pixels)
+    return (rows * cols * frames * samples * bits + 7) // 8
+
+
+def _check_pixel_extent(path: str, element: bytes, tag_at: int, size: int) -> None:
+    """Check that the pixel data element starting at ``tag_at`` (first bytes ``element``) ends inside the file."""
+    if len(element) < 8:
+        raise _truncated(path, size, "it ends inside the pixel data element header")
+    endian = "<" if element[:2] == b"\xe0\x7f" else ">"
+    if element[4:6] in _LONG_VRS:
+        if len(element) < 12:
+            raise _truncated(path, size, "it ends inside the pixel data element header")
+        length, start = struct.unpack(endian + "I", element[8:12])[0], tag_at + 12
+    else:
+        length, start = struct.unpack(endian + "I", element[4:8])[0], tag_at + 8
+    if length == 0xFFFFFFFF:
+        _check_fragments(path, start, size)
+        return
+    if start + length > size:
+        raise _truncated(path, size, f"pixel data has {size - start:,} of the {length:,} bytes its header declares")
+
+
+def _check_fragments(path: str, start: int, size: int) -> None:
+    """Walk the items of encapsulated pixel data (seeking, not reading them) up to the sequence delimiter."""
+    pos, n = start, 0
+    with open(path, "rb") as fh:
+        while True:
+            fh.seek(pos)
+            item = fh.read(8)
+            if not item and n >= 2:
+                logger.debug("%s: encapsulated pixel data without a sequence delimiter", path)
+                return
+            if len(item) < 8:
+                raise _truncated(path, size, f"encapsulated pixel data ends after {max(n - 1, 0)} fragment(s)")
+            tag, length = item[:4], struct.unpack("<I", item[4:])[0]
+            if tag == _SEQUENCE_END:
+                return
+            if tag != _ITEM:
+                raise RadiographReadError(path, f"corrupt encapsulated pixel data (no item tag at byte {pos:,})")
+            if pos + 8 + length > size:
+                where = "basic offset table" if n == 0 else f"fragment {n}"
+                raise _truncated(path, size, f"the pixel data's {where} has {size - pos - 8:,} of its {length:,} bytes")
+            pos += 8 + length
+            n += 1
+
+
+def _read_full(path: str, header: _Header) -> Dataset:
+    """The whole data set, pixel data included; a deflated one is inflated no further than its declared size."""
+    if not header.deflated:
+        return _read_dataset(path)
+    limit = header.header_bytes + 12 + header.expected_bytes + _SLACK_BYTES
+    try:
+        ds, stream = _read_deflated(path, header.data_offset, limit, stop_before_pixels=False)
+    except _InflateLimitError as exc:
+        raise RadiographReadError(
+            path, f"deflated data inflate past the declared image size ({limit:,} bytes); refused"
+        ) from exc
+    except (zlib.error, *_DICOM_ERRORS) as exc:
+        raise RadiographReadError(path, f"not a readable DICOM file ({_short(exc)})") from exc
+    if not stream.complete:
+        raise RadiographReadError(path, "truncated file: its deflated data end before the end of the stream")
+    return ds
+
+
+def _check_native_length(path: str, ds: Dataset, expected: int) -> None:
+    """Uncompressed pixel data shorter than the image its header declares (written truncated)."""
+    syntax = _syntax_of(ds)
+    if syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed:
+        return
+    data = ds.get("PixelData")
+    length = len(data) if isinstance(data, (bytes, bytearray)) else None
+    if length is not None and length < expected:
+        raise RadiographReadError(
+            path,
+            f"pixel data has {length:,} bytes but the image it declares ({int(ds.Rows)} x {int(ds.Columns)}, "
+            f"{_number_of_frames(ds)} frame(s)) needs {expected:,} (truncated when written?)",
+        )
 
 
 def read_dicom_pixels(
@@ -298,8 +627,14 @@ def read_dicom_pixels(
     *,
     window: str = "auto",
     percentiles: tuple[float, float] = (0.5, 99.5),
+    max_pixels: int | None = None,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode a DICOM radiograph to a float32 (rows, cols) array in [0, 1], 0 black and 1 white.
+
+    The header is read and checked first (:func:`read_dicom_header`: a truncated file, a non-image or a declared size
+    beyond ``max_pixels`` is refused before any pixel is inflated or decoded), then ``check`` is called with its
+    metadata, then the pixel data are decoded.
 
     Args:
         path: a DICOM file (Part-10, or a bare dataset without preamble).
@@ -308,25 +643,34 @@ def read_dicom_pixels(
         window: "auto" (VOI LUT Sequence, else the first Window Center/Width, else a percentile window), "percentile"
             (always the percentile window) or "minmax" (the full range of the image after the modality LUT).
         percentiles: (low, high) percentiles of the robust window.
+        max_pixels: most rows x columns of a frame (default
+            :data:`~monai_r2gen.data.radiograph_checks.MAX_PIXELS`).
+        check: called with the header metadata (:func:`dicom_metadata`) before decoding; raise to refuse the file
+            (``read_radiograph`` refuses non-chest images this way).
 
     Returns:
         ``(image, meta)``: the display image and the metadata from :func:`dicom_metadata` plus ``"voi"`` (which
         VOI transform was used), ``"frame"`` and ``"number_of_frames"``.
 
     Raises:
-        RadiographReadError: missing, empty, unreadable or truncated file, no pixel data, unusable pixel format.
+        RadiographReadError: missing, empty, unreadable or truncated file, no pixel data, unusable pixel format, a
+            declared size beyond the limits.
         UnsupportedTransferSyntaxError: no installed decoder for the file's transfer syntax.
         MultiFrameError: more than one frame and ``frame`` is None (or out of range).
     """
     if window not in WINDOW_MODES:
         raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
     path = require_nonempty_file(path)
-    ds = _read_dataset(path)
-    if "PixelData" not in ds:
-        raise RadiographReadError(path, _no_pixel_data_reason(ds))
-    meta = dicom_metadata(ds)
+    header = _scan_header(path, max_pixels)
+    meta = dicom_metadata(header.dataset)
+    if check is not None:
+        check(dict(meta))
     n_frames = meta["number_of_frames"]
     index = select_frame(path, n_frames, frame)
+    ds = _read_full(path, header)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise RadiographReadError(path, _no_pixel_data_reason(ds, os.path.getsize(path), is_dicom_file(path)))
+    _check_native_length(path, ds, header.expected_bytes)
     arr = _decode(path, ds)
     if n_frames > 1:
         if arr.shape[0] != n_frames:
@@ -412,13 +756,21 @@ def _number_of_frames(ds: Dataset) -> int:
         return 1
 
 
-def _no_pixel_data_reason(ds: Dataset) -> str:
-    if "Rows" in ds or "BitsAllocated" in ds:
-        return "DICOM file has image attributes but no pixel data (truncated file?)"
+def _no_pixel_data_reason(ds: Dataset, size: int, part10: bool) -> str:
+    """Why a DICOM file that was read to its end has no pixel data: truncated, or not an image."""
     uid = ds.get("SOPClassUID")
-    if uid is None:
-        return "DICOM file has no SOP class and no pixel data (truncated file?)"
-    name = getattr(UID(str(uid)), "name", "") or str(uid)
+    name = (getattr(UID(str(uid)), "name", "") or str(uid)) if uid is not None else None
+    known = name is not None and name != str(uid)
+    if known and "Image Storage" not in name:
+        return f"DICOM file has no pixel data (SOP class {name}); it is not an image"
+    if known:
+        return f"truncated file ({size:,} bytes): the {name} header ends before its pixel data"
+    if "Rows" in ds or "BitsAllocated" in ds:
+        return f"truncated file ({size:,} bytes): it ends before the pixel data"
+    if name is None:
+        if part10 and not len(ds):
+            return f"truncated file ({size:,} bytes): nothing after the file meta information"
+        return f"truncated file ({size:,} bytes)? it has no SOP class and no pixel data"
     return f"DICOM file has no pixel data (SOP class {name}); it is not an image"
 
 
@@ -492,7 +844,9 @@ def _decode(path: str, ds: Dataset) -> np.ndarray:
     except NotImplementedError as exc:
         raise UnsupportedTransferSyntaxError(path, f"transfer syntax {label} not supported: {_short(exc)}") from exc
     except RuntimeError as exc:  # pydicom 2.x: handlers exist but their plugins are missing
-        if "missing required dependencies" in str(exc) or "plugin" in str(exc):
+        text = str(exc)
+        corrupt = "exceptions were raised by all available plugins" in text  # pydicom 3: the plugins ran and failed
+        if not corrupt and ("missing required dependencies" in text or "plugin" in text):
             raise UnsupportedTransferSyntaxError(path, f"transfer syntax {label}: {_short(exc)}") from exc
         raise RadiographReadError(path, f"could not decode pixel data ({label}): {_short(exc)}") from exc
     except Exception as exc:  # decoders raise anything from struct.error to plugin-specific errors

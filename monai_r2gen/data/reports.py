@@ -29,6 +29,10 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from monai_r2gen.errors import ReportError
+from monai_r2gen.metrics.cleaning import BANNER_LINE as _BANNER_LINE
+from monai_r2gen.metrics.cleaning import REPORT_STYLES, clean_report
+from monai_r2gen.metrics.cleaning import SEPARATOR_LINE as _SEPARATOR_LINE
+from monai_r2gen.metrics.cleaning import squash_whitespace as _squash
 
 if TYPE_CHECKING:
     from monai_r2gen.metrics.chexpert import CheXpertLabeler
@@ -67,105 +71,7 @@ IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
 """Label value ignored by ``torch.nn.CrossEntropyLoss`` (prompt, image and padding positions)."""
 
-REPORT_STYLES = ("iu_xray", "mimic_cxr", "none")
 TARGETS = ("findings", "impression", "findings+impression")
-
-# ---------------------------------------------------------------------------------------------------------------
-# cleaning
-# ---------------------------------------------------------------------------------------------------------------
-
-# Characters the R2Gen cleaner deletes from every sentence (after lower-casing). Its character class
-# ``[.,?;*!%^&_+():-\[\]{}]`` contains the range ``:-\[`` (":" to "["), so besides the listed punctuation it also
-# deletes ``< = > @`` (and A-Z, irrelevant after lower-casing) while the hyphen survives. Quotes, slashes and
-# backslashes are deleted separately. Periods are handled on their own (see ``_STRAY_PERIOD``).
-_DELETED_CHARS = re.compile(r"""[,?;*!%^&_+():<=>@\[\]{}"'/\\]""")
-# A period that is not a decimal point (digits on both sides) is deleted inside a sentence.
-_STRAY_PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")
-_REPEATED_PERIODS = re.compile(r"\.(?:\s*\.)+")
-# "1. ", " 2. ": a list number preceded by start/whitespace and followed by whitespace.
-_LIST_NUMBER = re.compile(r"(?<!\S)(\d{1,2})\.(?=\s)")
-# Sentence end: a period followed by whitespace or the end of the text; the marker inserted for list numbers.
-_SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
-# MIMIC-CXR banner lines: "FINAL REPORT", "PRELIMINARY REPORT" on a line of their own.
-_BANNER_LINE = re.compile(r"^[ \t]*(?:FINAL|PRELIMINARY|ADDENDUM TO)?[ \t]*REPORT[ \t]*$", re.MULTILINE)
-# Separator lines made of underscores / dashes / equal signs (MIMIC-CXR puts one under a wet read).
-_SEPARATOR_LINE = re.compile(r"^[ \t]*[_=\-]{10,}[ \t]*$", re.MULTILINE)
-_WHITESPACE = re.compile(r"\s+")
-
-
-def _squash(text: str) -> str:
-    """Collapses runs of whitespace (line breaks included) into single spaces and strips the ends."""
-    return _WHITESPACE.sub(" ", text).strip()
-
-
-def _mark_list_numbers(text: str) -> str:
-    """Replaces list numbering ("1. ...  2. ...") with a sentence boundary marker (a newline).
-
-    A number counts as list numbering when it is ``1`` or continues the previous list number (``n + 1``), so a
-    trailing "grade 3." is not mistaken for an item of a list that never started.
-    """
-    pieces: list[str] = []
-    last = 0
-    expected = 1
-    for match in _LIST_NUMBER.finditer(text):
-        number = int(match.group(1))
-        if number not in (1, expected):
-            continue
-        pieces.append(text[last : match.start()])
-        pieces.append("\n")
-        last = match.end()
-        expected = number + 1
-    pieces.append(text[last:])
-    return "".join(pieces)
-
-
-def _clean_sentence(sentence: str) -> str:
-    sentence = _DELETED_CHARS.sub("", sentence)
-    sentence = _STRAY_PERIOD.sub("", sentence)
-    return _squash(sentence)
-
-
-def clean_report(text: str, style: str = "mimic_cxr") -> str:
-    """Normalises a report the way the R2Gen family does before training and scoring.
-
-    Rules (``iu_xray`` and ``mimic_cxr``): line breaks and runs of spaces collapse to one space; repeated periods
-    collapse to one; list numbering ("1. ", " 2. ") becomes a sentence boundary; the text is lower-cased and split into
-    sentences at a period followed by whitespace; inside each sentence the punctuation ``, ? ; * ! % ^ & _ + ( ) : < =
-    > @ [ ] { } " ' / \\`` and stray periods are deleted (hyphens are kept); sentences are joined as ``"s1 . s2 ."``.
-    ``mimic_cxr`` additionally drops the ``FINAL REPORT`` banner and separator lines; its de-identification blanks
-    (``___``) disappear with the underscore rule. IU-Xray's ``XXXX`` blanks are kept as the word ``xxxx``, as in
-    R2Gen.
-
-    Departures from the R2Gen code, on purpose: empty sentences are dropped (R2Gen's emptiness test never fires and
-    leaves ``" .  ."`` artefacts), and a decimal point between digits is kept (R2Gen turns "2.5 cm" into "25 cm").
-    An empty or punctuation-only report gives ``""``.
-
-    Args:
-        text: the report (any section or the whole free text).
-        style: ``"iu_xray"``, ``"mimic_cxr"`` or ``"none"`` (whitespace squashed, nothing else changed).
-
-    Returns:
-        The cleaned report.
-
-    Raises:
-        ReportError: unknown style or a text that is not a string.
-    """
-    if style not in REPORT_STYLES:
-        raise ReportError(f"unknown report style {style!r}; expected one of {REPORT_STYLES}")
-    if not isinstance(text, str):
-        raise ReportError(f"a report must be a string, got {type(text).__name__}")
-    if style == "none":
-        return _squash(text)
-    if style == "mimic_cxr":
-        text = _BANNER_LINE.sub(" ", text)
-        text = _SEPARATOR_LINE.sub(" ", text)
-    text = _squash(text)
-    text = _REPEATED_PERIODS.sub(".", text)
-    text = _mark_list_numbers(text).lower()
-    sentences = (_clean_sentence(s) for s in _SENTENCE_END.split(text))
-    sentences = [s for s in sentences if s]
-    return " . ".join(sentences) + " ." if sentences else ""
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # sections

@@ -4,7 +4,10 @@
 
 - DICOM files and folders of DICOM files (searched recursively). Every DICOM image is read without its pixel data and
   grouped with the others by Study Instance UID, whichever folder or argument it came from;
-- PNG / JPEG / TIFF files, each one a study of its own (named after the file);
+- PNG / JPEG / TIFF files, each one a study of its own (named after the file).
+
+A file's kind is told from its content first (a PNG named ``.dcm`` is a PNG), then from its suffix. A folder that
+holds no DICOM or image file at all is reported as such, with what was skipped in it;
 - annotation files and manifests (R2Gen ``annotation.json``, JSONL, CSV; see :func:`~monai_r2gen.data.datasets.
   read_manifest`), each entry a study with the views it lists.
 
@@ -12,7 +15,11 @@ The views of a study are ordered frontal first (PA, then AP), then lateral, then
 is the one a model trained on frontal images expects. Unusable inputs are either raised (``on_error="raise"``) or
 recorded with their reason: in the ``errors`` of the study they belong to when that is known (e.g. a DICOM SR or a
 multi-frame image inside a study folder), else in a study without views (``ok`` is False) so that the caller can
-report every bad input and carry on with the rest.
+report every bad input and carry on with the rest. DICOM files are checked exactly as
+:func:`~monai_r2gen.data.dicom.read_dicom_header` checks them when they are loaded, so a bad file gets the same reason
+here as from the Python API ("empty file (0 bytes)", "truncated file (300 bytes): ...", "not a regular file (a FIFO
+(named pipe))"). Two files with the same SOP Instance UID are one instance: the readable one is used and both are
+logged (paths and UIDs only, never patient identifiers).
 """
 
 from __future__ import annotations
@@ -20,16 +27,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import warnings
+import stat
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
-from monai_r2gen.data.dicom import is_dicom_file
+from monai_r2gen.data.dicom import read_dicom_header, read_instance_uids
+from monai_r2gen.data.radiograph_checks import require_regular_file, sniff_format
 from monai_r2gen.errors import InputFileError, ManifestError, MultiFrameError, RadiographReadError
 
 __all__ = [
@@ -166,23 +172,16 @@ def read_view_info(path: str | os.PathLike) -> ViewInfo:
     Args:
         path: a DICOM file (Part-10, or a bare dataset with a DICOM suffix).
 
+    The checks and their messages are those of :func:`~monai_r2gen.data.dicom.read_dicom_header` (empty, truncated,
+    not DICOM, not an image, a declared size beyond the limits), so that discovery and loading say the same.
+
     Raises:
-        RadiographReadError: the file is not readable DICOM, or is not an image (SR, presentation state, DICOMDIR...).
+        RadiographReadError: the file is not readable DICOM, is truncated, or is not an image (SR, presentation state,
+            DICOMDIR...).
         MultiFrameError: the image has more than one frame.
     """
     path = os.fspath(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=not is_dicom_file(path))
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise RadiographReadError(path, f"not a readable DICOM file ({type(exc).__name__})") from exc
-    if "SOPClassUID" not in ds and "Rows" not in ds:
-        raise RadiographReadError(path, "not a DICOM file (no SOP class and no image attributes)")
-    if "Rows" not in ds or "Columns" not in ds:
-        uid = ds.get("SOPClassUID")
-        name = getattr(pydicom.uid.UID(str(uid)), "name", "") if uid else ""
-        raise RadiographReadError(path, f"DICOM object is not an image ({name or uid or 'unknown SOP class'})")
+    ds = read_dicom_header(path)
     if _int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise MultiFrameError(path, f"multi-frame image ({int(ds.NumberOfFrames)} frames); expected one radiograph")
     position = _text(ds.get("ViewPosition"))
@@ -207,8 +206,21 @@ def order_views(views: Iterable[ViewInfo]) -> list[ViewInfo]:
     return sorted(views, key=lambda v: (view_rank(v.view_position), v.series_number, v.instance_number, v.path))
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    return path.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(path)
+def _kind_of(path: Path) -> str:
+    """The kind of a file ("dicom", "image", "manifest" or "other"): by content first (magic bytes), then suffix."""
+    sniffed = sniff_format(path)
+    if sniffed == "dicom":
+        return "dicom"
+    if sniffed is not None:
+        return "image"
+    suffix = path.suffix.lower()
+    if suffix in MANIFEST_SUFFIXES:
+        return "manifest"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"  # not a known image header: reading it will say why
+    if suffix in DICOM_SUFFIXES:
+        return "dicom"  # perhaps a data set without the Part-10 header
+    return "other"
 
 
 def _walk(folder: Path) -> list[Path]:
@@ -230,6 +242,7 @@ class _Collector:
         self.dicom_errors: dict[str, list[tuple[str, str]]] = {}
         self.order: list[tuple[str, Any]] = []  # ("dicom", key) or ("study", Study), in first-seen order
         self.ids: set[str] = set()
+        self.unreadable: dict[str, list[tuple[str, str]]] = {}  # SOP Instance UID -> (path, reason) of bad copies
 
     def fail(self, err: InputFileError, study_key: str | None = None) -> None:
         if self.on_error == "raise":
@@ -266,25 +279,38 @@ class _Collector:
         sop = info.sop_instance_uid
         twin = next((v for v in self.dicom[key] if sop and v.sop_instance_uid == sop), None)
         if twin is not None:  # the same instance reached twice (copies, or a file and its folder)
+            logger.info("SOP Instance UID %s: %s used, %s is the same instance (skipped)", sop, twin.path, info.path)
             self.fail(RadiographReadError(info.path, f"same SOP Instance UID as {twin.path}; used once"), key)
             return
+        for bad, reason in self.unreadable.get(sop or "", []):
+            logger.warning("SOP Instance UID %s: %s used in place of its unreadable copy %s (%s)", sop, info.path,
+                           bad, reason)  # fmt: skip
         self.dicom[key].append(info)
 
     def _fail_in_study(self, err: RadiographReadError, path: Path) -> None:
         """Record the error in the study named by the file's header when it has a Study Instance UID, else alone."""
-        key = None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"], force=True)
-            key = _text(header.get("StudyInstanceUID"))
-        except Exception:  # only a hint; the reading error itself is reported below
-            key = None
+        key, sop = read_instance_uids(path)  # only a hint; the reading error itself is reported below
+        if sop is not None and self.on_error != "raise":
+            self.unreadable.setdefault(sop, []).append((err.path, err.reason))
+            kept = next((v.path for views in self.dicom.values() for v in views if v.sop_instance_uid == sop), None)
+            if kept is not None:
+                logger.warning("SOP Instance UID %s: %s is an unreadable copy of %s (used)", sop, err.path, kept)
         if key is not None and key not in self.dicom and self.on_error != "raise":
             self.dicom[key] = []
             self.dicom_errors[key] = []
             self.order.append(("dicom", key))
         self.fail(err, key)
+
+    def _note_copies(self, errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The errors, each unreadable file whose instance is read from another copy saying so."""
+        used = {v.sop_instance_uid: v.path for views in self.dicom.values() for v in views if v.sop_instance_uid}
+        noted = []
+        for path, reason in errors:
+            sop = next((s for s, bad in self.unreadable.items() if any(p == path for p, _ in bad)), None)
+            if sop in used:
+                reason = f"{reason} (the same instance, SOP Instance UID {sop}, is read from {used[sop]})"
+            noted.append((path, reason))
+        return noted
 
     def studies(self) -> list[Study]:
         result = []
@@ -295,7 +321,7 @@ class _Collector:
             views = order_views(self.dicom[value])
             uid = None if value.startswith("file:") else value
             study_id = uid or Path(value[len("file:") :]).stem
-            errors = self.dicom_errors[value]
+            errors = self._note_copies(self.dicom_errors[value])
             if not views:
                 # every file of this study was unusable: report it as one failed study named by its UID
                 result.append(Study(self._unique(study_id), [], uid, list(errors), source="error"))
@@ -345,27 +371,74 @@ def _add_manifest(collector: _Collector, path: Path) -> None:
         )
 
 
-def _add_file(collector: _Collector, path: Path, explicit: bool) -> None:
-    suffix = path.suffix.lower()
-    if suffix in MANIFEST_SUFFIXES:
+def _add_file(collector: _Collector, path: Path, explicit: bool) -> str:
+    """Add one file; returns what it was: "used" (a study or a view; perhaps with an error), "manifest" (ignored
+    inside a folder), "other" (not an image, ignored inside a folder) or "error"."""
+    try:
+        require_regular_file(path)
+    except RadiographReadError as err:
+        collector.fail(err)
+        return "error"
+    kind = _kind_of(path)
+    if kind == "manifest":
         if explicit:
             _add_manifest(collector, path)
-        else:
-            logger.debug("ignored %s inside a study folder (manifests are read only when given directly)", path)
-        return
-    if suffix in IMAGE_SUFFIXES and not is_dicom_file(path):
-        if os.path.getsize(path) == 0:
-            collector.fail(RadiographReadError(str(path), "empty file (0 bytes)"))
-            return
+            return "used"
+        logger.debug("ignored %s inside a study folder (manifests are read only when given directly)", path)
+        return "manifest"
+    if kind == "image":
         collector.add_study(Study(path.stem, [str(path)], source="image", view_positions=[None]))
-        return
-    if _looks_like_dicom(path):
+        return "used"
+    if kind == "dicom":
         collector.add_dicom(path)
-        return
+        return "used"
     if explicit:
         collector.fail(RadiographReadError(str(path), "not a DICOM, PNG, JPEG or TIFF file, nor a manifest"))
-    else:
-        logger.debug("ignored %s (not an image)", path)
+        return "error"
+    logger.debug("ignored %s (not an image)", path)
+    return "other"
+
+
+def _nothing_found_reason(kinds: Counter, suffixes: Counter) -> str:
+    """Why a folder gave no study: what its files were."""
+    parts = []
+    if kinds["other"]:
+        listed = ", ".join(f"{suffix or 'no suffix'}: {n}" for suffix, n in suffixes.most_common(3))
+        more = ", ..." if len(suffixes) > 3 else ""
+        parts.append(f"{kinds['other']} skipped: not images ({listed}{more})")
+    if kinds["manifest"]:
+        parts.append(f"{kinds['manifest']} manifest(s) skipped: manifests are read only when given directly")
+    total = kinds["other"] + kinds["manifest"]
+    return f"no DICOM or image files in this folder ({total} file(s): {'; '.join(parts)})"
+
+
+def _add_folder(collector: _Collector, folder: Path) -> None:
+    files = _walk(folder)
+    if not files:
+        collector.fail(RadiographReadError(str(folder), "folder holds no files"))
+        return
+    kinds: Counter = Counter()
+    suffixes: Counter = Counter()
+    for file in files:
+        kind = _add_file(collector, file, explicit=False)
+        kinds[kind] += 1
+        if kind == "other":
+            suffixes[file.suffix.lower()] += 1
+    if not kinds["used"] and not kinds["error"]:
+        collector.fail(RadiographReadError(str(folder), _nothing_found_reason(kinds, suffixes)))
+
+
+def _missing_reason(path: Path) -> str:
+    """Why an input that is neither a file nor a folder cannot be used."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "file or folder not found"
+    if stat.S_ISFIFO(mode):
+        return "not a regular file (a FIFO (named pipe))"
+    if stat.S_ISSOCK(mode):
+        return "not a regular file (a socket)"
+    return "not a regular file (a device)"
 
 
 def collect_studies(inputs: Sequence[str | os.PathLike] | str | os.PathLike, on_error: str = "skip") -> list[Study]:
@@ -393,15 +466,11 @@ def collect_studies(inputs: Sequence[str | os.PathLike] | str | os.PathLike, on_
     for raw in inputs:
         path = Path(os.path.expanduser(os.fspath(raw))).absolute()
         if path.is_dir():
-            files = _walk(path)
-            if not files:
-                collector.fail(RadiographReadError(str(path), "folder holds no files"))
-            for file in files:
-                _add_file(collector, file, explicit=False)
+            _add_folder(collector, path)
         elif path.is_file():
             _add_file(collector, path, explicit=True)
         else:
-            collector.fail(RadiographReadError(str(path), "file or folder not found"))
+            collector.fail(RadiographReadError(str(path), _missing_reason(path)))
     studies = collector.studies()
     if on_error == "raise":
         for study in studies:
@@ -415,4 +484,3 @@ def collect_studies(inputs: Sequence[str | os.PathLike] | str | os.PathLike, on_
         len(inputs),
     )
     return studies
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from monai_r2gen.data.dicom import (
     rgb_to_gray,
     select_frame,
 )
+from monai_r2gen.data.radiograph_checks import check_declared_size, header_problems, pixel_problems, refuse_nonstandard
 from monai_r2gen.errors import RadiographReadError
 
 Image, _HAS_PIL = optional_import("PIL.Image")
@@ -63,11 +65,19 @@ def read_radiograph(
     frame: int | None = None,
     window: str = "auto",
     percentiles: tuple[float, float] = (0.5, 99.5),
+    *,
+    accept_nonstandard: bool = False,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode a radiograph file to a float32 (H, W) display image in [0, 1] and its metadata.
 
     The format is told from the file's content: DICOM (Part-10 header, or a ``.dcm`` file without it), else anything
-    Pillow opens (PNG, JPEG, TIFF, ...).
+    Pillow opens (PNG, JPEG, TIFF, ...); a PNG named ``.dcm`` is read as a PNG.
+
+    Before decoding, a declared size beyond ``max_pixels`` is refused (a decompression bomb), and a DICOM header that
+    is not a chest radiograph's (modality, SOP class, body part, colour, size); after decoding, an image smaller
+    than :data:`~monai_r2gen.data.radiograph_checks.MIN_SIDE`, fully transparent or constant. See
+    :mod:`monai_r2gen.data.radiograph_checks`.
 
     Args:
         path: the image file.
@@ -75,21 +85,50 @@ def read_radiograph(
         window: "auto" (DICOM: VOI LUT / window / percentiles; other formats: divide by the bit depth's maximum),
             "percentile" (robust window between ``percentiles``) or "minmax".
         percentiles: (low, high) percentiles of the robust window.
+        accept_nonstandard: use an image that is not a chest radiograph anyway (each reason is logged as a warning
+            and listed in ``meta["nonstandard"]``); the size limit and unreadable files are never accepted.
+        max_pixels: most rows x columns of a frame (default
+            :data:`~monai_r2gen.data.radiograph_checks.MAX_PIXELS`).
 
     Raises:
-        RadiographReadError: (or a subclass) naming the file and the reason for any unusable input.
+        NotAChestRadiographError: the image is readable but not a chest radiograph, and ``accept_nonstandard`` is
+            False.
+        RadiographReadError: (or another subclass) naming the file and the reason for any unusable input.
     """
     if window not in WINDOW_MODES:
         raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
     path = require_nonempty_file(path)
+    accepted: list[str] = []
+
+    def screen(problems: list[str]) -> None:
+        refuse_nonstandard(path, problems, accept_nonstandard)
+        accepted.extend(problems)
+
+    def check_header(meta: dict[str, Any]) -> None:
+        screen(header_problems(path, meta))
+
+    def read_dicom() -> tuple[np.ndarray, dict[str, Any]]:
+        image, meta = read_dicom_pixels(
+            path, frame, window=window, percentiles=percentiles, max_pixels=max_pixels, check=check_header
+        )
+        screen(pixel_problems(image, check_size=False))  # the header's size was checked
+        return image, meta
+
     if is_dicom_file(path):
-        return read_dicom_pixels(path, frame, window=window, percentiles=percentiles)
-    try:
-        return _read_with_pillow(path, frame, window, percentiles)
-    except _NotAnImageError as exc:
-        if path.lower().endswith(_DICOM_SUFFIXES) or _starts_like_bare_dicom(path):
-            return read_dicom_pixels(path, frame, window=window, percentiles=percentiles)
-        raise RadiographReadError(path, "not a recognised image format (expected DICOM, PNG, JPEG or TIFF)") from exc
+        image, meta = read_dicom()
+    else:
+        try:
+            image, meta = _read_with_pillow(path, frame, window, percentiles, max_pixels)
+        except _NotAnImageError as exc:
+            if not (path.lower().endswith(_DICOM_SUFFIXES) or _starts_like_bare_dicom(path)):
+                reason = "not a recognised image format (expected DICOM, PNG, JPEG or TIFF)"
+                raise RadiographReadError(path, reason) from exc
+            image, meta = read_dicom()
+        else:
+            screen(pixel_problems(image, alpha_max=meta.pop("alpha_max", None)))
+    if accepted:
+        meta["nonstandard"] = "; ".join(accepted)
+    return image, meta
 
 
 class _NotAnImageError(Exception):
@@ -106,15 +145,20 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _read_with_pillow(
-    path: str, frame: int | None, window: str, percentiles: tuple[float, float]
+    path: str, frame: int | None, window: str, percentiles: tuple[float, float], max_pixels: int | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     if not _HAS_PIL:
         raise RadiographReadError(path, "Pillow is not installed; it is needed to read PNG, JPEG and TIFF")
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            img = Image.open(path)
     except Image.UnidentifiedImageError as exc:
         raise _NotAnImageError(str(exc)) from exc
-    except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, struct.error, DecompressionBombError...
+    except Image.DecompressionBombError as exc:
+        reason = f"declared image size too large ({_one_line(exc)}); refused before decoding"
+        raise RadiographReadError(path, reason) from exc
+    except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, struct.error...
         raise RadiographReadError(path, f"unreadable image header ({_one_line(exc)})") from exc
     with img:
         fmt = img.format or "image"
@@ -123,8 +167,14 @@ def _read_with_pillow(
         try:
             if n_frames > 1:
                 img.seek(index)
+        except Exception as exc:
+            raise RadiographReadError(path, f"corrupt or truncated {fmt} file ({_one_line(exc)})") from exc
+        width, height = img.size
+        check_declared_size(path, height, width, samples=len(img.getbands()), max_pixels=max_pixels)  # before load
+        try:
             img.load()
             mode = img.mode
+            alpha_max = _alpha_max(img)
             if ImageOps is not None and fmt in ("JPEG", "TIFF", "MPO", "WEBP"):
                 img = ImageOps.exif_transpose(img)  # honour a camera/scanner orientation tag
             values, full_scale, bits = _pil_to_gray(img)
@@ -145,8 +195,18 @@ def _read_with_pillow(
         "frame": index if n_frames > 1 else None,
         "original_shape": tuple(int(n) for n in values.shape),
         "voi": voi,
+        "alpha_max": alpha_max,  # read and removed by read_radiograph
     }
     return np.clip(image, 0.0, 1.0).astype(np.float32), meta
+
+
+def _alpha_max(img: Any) -> int | None:
+    """The largest alpha value of an image with transparency (None when it has none)."""
+    if "A" in img.getbands():
+        return int(img.getchannel("A").getextrema()[1])
+    if img.mode == "P" and "transparency" in img.info:
+        return int(img.convert("RGBA").getchannel("A").getextrema()[1])
+    return None
 
 
 def _is_gray_mode(mode: str) -> bool:
@@ -182,31 +242,56 @@ class LoadRadiograph(Transform):
     DICOM: modality LUT / rescale, then the VOI LUT Sequence or the first window (else a robust percentile window),
     MONOCHROME1 inverted, RGB to gray. PNG / JPEG / TIFF: 8-bit values / 255, 16-bit / 65535 (or a window by option).
 
+    An input that is not a chest radiograph (a CT or MR slice, an ultrasound, a hand or a knee, a colour DICOM, an
+    image under 32 pixels a side, a fully transparent or a constant image) raises ``NotAChestRadiographError`` unless
+    ``accept_nonstandard`` is True; a declared size far beyond a radiograph's is refused before decoding whatever the
+    option (see :mod:`monai_r2gen.data.radiograph_checks`).
+
     ``meta`` holds "filename_or_obj", "original_shape", "photometric_interpretation", "spatial_shape" and, when the file
     has them, "modality", "view_position", "body_part", "laterality", "pixel_spacing", "imager_pixel_spacing",
-    "sop_instance_uid", "series_instance_uid", "study_instance_uid" (absent when missing); never patient identifiers.
+    "sop_instance_uid", "series_instance_uid", "study_instance_uid" (absent when missing), and "nonstandard" (the
+    reasons) for a non-standard input accepted; never patient identifiers.
 
     Args:
         window: "auto", "percentile" or "minmax" (see :func:`read_radiograph`).
         percentiles: (low, high) percentiles of the robust window.
         frame: frame of a multi-frame file; None rejects multi-frame files with ``MultiFrameError``.
+        accept_nonstandard: use inputs that are not chest radiographs anyway (logged as warnings).
+        max_pixels: most rows x columns of a frame (default
+            :data:`~monai_r2gen.data.radiograph_checks.MAX_PIXELS`).
     """
 
     def __init__(
-        self, window: str = "auto", percentiles: tuple[float, float] = (0.5, 99.5), frame: int | None = None
+        self,
+        window: str = "auto",
+        percentiles: tuple[float, float] = (0.5, 99.5),
+        frame: int | None = None,
+        accept_nonstandard: bool = False,
+        max_pixels: int | None = None,
     ) -> None:
         if window not in WINDOW_MODES:
             raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
         low, high = (float(p) for p in percentiles)
         if not 0.0 <= low < high <= 100.0:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+        if max_pixels is not None and int(max_pixels) < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {max_pixels}")
         self.window = window
         self.percentiles = (low, high)
         self.frame = frame
+        self.accept_nonstandard = bool(accept_nonstandard)
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         """Load ``path``; raises a ``RadiographReadError`` (or subclass) naming the file for unusable input."""
-        image, info = read_radiograph(path, frame=self.frame, window=self.window, percentiles=self.percentiles)
+        image, info = read_radiograph(
+            path,
+            frame=self.frame,
+            window=self.window,
+            percentiles=self.percentiles,
+            accept_nonstandard=self.accept_nonstandard,
+            max_pixels=self.max_pixels,
+        )
         meta = {key: value for key, value in info.items() if value is not None}
         meta["filename_or_obj"] = os.fspath(path)
         meta["spatial_shape"] = np.asarray(image.shape)
@@ -221,12 +306,19 @@ class LoadRadiographd(MapTransform):
     Args:
         keys: keys holding file paths.
         allow_missing_keys: skip keys absent from the dictionary instead of raising.
-        loader_kwargs: ``window``, ``percentiles``, ``frame`` of :class:`LoadRadiograph`.
+        accept_nonstandard: use inputs that are not chest radiographs anyway (logged as warnings).
+        loader_kwargs: ``window``, ``percentiles``, ``frame``, ``max_pixels`` of :class:`LoadRadiograph`.
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **loader_kwargs: Any) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        allow_missing_keys: bool = False,
+        accept_nonstandard: bool = False,
+        **loader_kwargs: Any,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadRadiograph(**loader_kwargs)
+        self.loader = LoadRadiograph(accept_nonstandard=accept_nonstandard, **loader_kwargs)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -435,7 +527,9 @@ class LoadStudyViewsd(MapTransform):
         on_missing: "raise" (a missing view file raises ``RadiographReadError``) or "skip" (a missing view file is
             logged and left out; a study with no view left still raises).
         allow_missing_keys: skip absent keys.
-        loader_kwargs: ``window``, ``percentiles``, ``frame`` of :class:`LoadRadiograph`.
+        accept_nonstandard: use views that are not chest radiographs anyway (logged as warnings); by default they
+            raise ``NotAChestRadiographError``.
+        loader_kwargs: ``window``, ``percentiles``, ``frame``, ``max_pixels`` of :class:`LoadRadiograph`.
     """
 
     def __init__(
@@ -446,6 +540,7 @@ class LoadStudyViewsd(MapTransform):
         view_mask_key: str = "view_mask",
         on_missing: str = "raise",
         allow_missing_keys: bool = False,
+        accept_nonstandard: bool = False,
         **loader_kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -457,7 +552,7 @@ class LoadStudyViewsd(MapTransform):
         self.max_views = int(max_views)
         self.view_mask_key = view_mask_key
         self.on_missing = on_missing
-        self.loader = LoadRadiograph(**loader_kwargs)
+        self.loader = LoadRadiograph(accept_nonstandard=accept_nonstandard, **loader_kwargs)
         self.resizer = ResizeWithPadSquare(self.spatial_size)
 
     def load_views(self, paths: Any, study: str = "study") -> tuple[MetaTensor, torch.Tensor]:

@@ -266,9 +266,15 @@ class CachedTokensd(MapTransform):
                 if self.on_miss == "raise":
                     raise KeyError(f"no cached tokens for study {d.get('id', cache_key)}")
                 load_key = next(iter(getattr(self.load_transform, "keys", None) or [key]))  # the loader's key
-                self.cache.fill([{load_key: d[key]}], self.encoder, self.load_transform, image_key=load_key,
-                                view_mask_key=self.view_mask_key, batch_size=1,
-                                device=next(self.encoder.parameters()).device)
+                self.cache.fill(
+                    [{load_key: d[key]}],
+                    self.encoder,
+                    self.load_transform,
+                    image_key=load_key,
+                    view_mask_key=self.view_mask_key,
+                    batch_size=1,
+                    device=next(self.encoder.parameters()).device,
+                )
                 entry = self.cache.get(cache_key)
                 self.cache.hits -= 1  # the lookup that followed the computation is not a hit
             tokens = entry["tokens"].float()

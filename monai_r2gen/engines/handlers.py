@@ -198,43 +198,34 @@ def compute_report_scores(
     tokenize: str = "simple",
     uncertain: str | None = None,
     nlg_metrics: Sequence[str] | None = None,
+    clean_style: str | None = None,
 ) -> dict[str, float]:
-    """Every NLG and clinical-efficacy score of ``hypotheses`` against ``references`` as a flat dict.
+    """Every score of :func:`monai_r2gen.metrics.report_scores.score_reports` as a flat dict (validation).
 
-    Keys are those of :func:`monai_r2gen.metrics.nlg.nlg_scores` ("BLEU-4", "CIDEr" ...),
-    :func:`monai_r2gen.metrics.clinical.ce_scores` ("CE-14 micro-F1", "CE-5 macro-F1" ...; per-label scores as
-    "per_label/<observation>/<score>"; the CE settings block is left out) and, with ``clinical``, the finding-attribute
-    scores of :func:`monai_r2gen.metrics.attributes.attribute_scores` ("attr/side_accuracy" ...) with the findings
-    the references state (:func:`~monai_r2gen.data.finding_attributes.report_findings`) as the truth.
+    Keys are those of ``score_reports`` ("BLEU-4", "CE-14 micro-F1", "attr/side_accuracy" ...; per-label CE scores as
+    "per_label/<observation>/<score>"); the finding-attribute truth is what the references state.
 
     Args:
         references: reference reports.
         hypotheses: generated reports, same order.
         nlg: compute the NLG scores.
-        clinical: compute the CE scores.
+        clinical: compute the CE and attribute scores.
         tokenize: NLG tokenization.
-        uncertain: CE mapping of uncertain mentions (None: ``ce_scores``' default).
+        uncertain: CE mapping of uncertain mentions (None: ``score_reports``' default).
         nlg_metrics: subset of ("BLEU", "METEOR", "ROUGE-L", "CIDEr"); None: all (METEOR starts a Java process).
+        clean_style: cleaning of both sides for NLG (None: ``score_reports``' default, the one every path uses).
     """
-    scores: dict[str, float] = {}
-    if nlg:
-        from monai_r2gen.metrics.nlg import nlg_scores
+    from monai_r2gen.metrics.report_scores import score_reports
 
-        nlg = nlg_scores(list(references), list(hypotheses), tokenize=tokenize, metrics=nlg_metrics)
-        scores.update(flatten_scores(nlg))
-    if clinical:
-        from monai_r2gen.metrics.clinical import ce_scores
-
-        kwargs = {} if uncertain is None else {"uncertain": uncertain}
-        ce = dict(ce_scores(list(references), list(hypotheses), **kwargs))
-        ce.pop("settings", None)
-        scores.update(flatten_scores(ce))
-        # finding attributes (side, size), the truth read from the references (exact on the phantoms' reports)
-        from monai_r2gen.data.finding_attributes import report_findings
-        from monai_r2gen.metrics.attributes import attribute_scores
-
-        attrs = attribute_scores(list(hypotheses), [report_findings(r) for r in references])
-        scores.update({k: v for k, v in attrs.items() if isinstance(v, float)})
+    kwargs: dict[str, Any] = {} if uncertain is None else {"uncertain": uncertain}
+    if clean_style is not None:
+        kwargs["clean_style"] = clean_style
+    result = score_reports(list(references), list(hypotheses), tokenize=tokenize,
+                           nlg_metrics=nlg_metrics if nlg else (), clinical=clinical,
+                           findings="references" if clinical else None, **kwargs)  # fmt: skip
+    scores = dict(result["scores"])
+    if "per_label" in result:
+        scores.update(flatten_scores({"per_label": result["per_label"]}))
     return scores
 
 
@@ -327,7 +318,12 @@ class ReportScores(Metric):  # type: ignore[misc, valid-type]
         if not refs:
             return {}
         return compute_report_scores(
-            refs, hyps, nlg=self.nlg, clinical=self.clinical, tokenize=self.tokenize, uncertain=self.uncertain,
+            refs,
+            hyps,
+            nlg=self.nlg,
+            clinical=self.clinical,
+            tokenize=self.tokenize,
+            uncertain=self.uncertain,
             nlg_metrics=self.nlg_metrics,
         )
 
@@ -472,7 +468,9 @@ class StageCompletion:
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state.state_dict().items()}
         save_file(tensors, str(self.stage_dir / self.WEIGHTS))
         info: dict[str, Any] = {
-            "stage": self.stage_name, "iterations": int(state.iteration), "epochs": int(state.epoch)
+            "stage": self.stage_name,
+            "iterations": int(state.iteration),
+            "epochs": int(state.epoch),
         }
         if self.evaluator is not None:
             info["best_metric"] = float(self.evaluator.state.best_metric)

@@ -45,6 +45,8 @@ from typing import Any
 
 from torch import nn
 
+from monai_r2gen.errors import ModelConfigError
+
 __all__ = ["StagePreset", "STAGES", "get_stage", "apply_stage", "trainable_summary"]
 
 logger = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ STAGES: dict[str, StagePreset] = {
         StagePreset("delta", "lora", True, "frozen", False, "R2GenGPT delta: encoder LoRA + projector"),
         StagePreset("deep", "full", True, "frozen", False, "R2GenGPT deep: whole encoder + projector"),
     )
-}
+}  # fmt: skip
 
 
 def get_stage(stage: str | StagePreset) -> StagePreset:
@@ -125,18 +127,22 @@ def apply_stage(
         train_projector: override whether the preset trains view fusion, projector and attribute head.
 
     Returns:
-        :func:`trainable_summary` of the model, plus "stage", "text_only" and "findings_only".
+        :func:`trainable_summary` of the model, plus "stage", "text_only", "findings_only" and, with LoRA on the LLM,
+        "llm_lora_targets" (the layer names peft adapted).
 
     Raises:
         ValueError: a findings-only preset for a model without a finding head.
+        ModelConfigError: LoRA targets that match no layer of the LLM (the message names its family and layers).
     """
     preset = get_stage(stage)
     if train_projector is not None:
         preset = dataclasses.replace(preset, projector=bool(train_projector))
     attribute_head = getattr(model, "attribute_head", None) is not None
     if preset.findings_only and getattr(model, "finding_head", None) is None and not attribute_head:
-        raise ValueError(f"stage {preset.name} trains the visual path on its auxiliary heads, but the model has none "
-                         "(finding_head and attribute_head are off)")
+        raise ValueError(
+            f"stage {preset.name} trains the visual path on its auxiliary heads, but the model has none "
+            "(finding_head and attribute_head are off)"
+        )
     encoder_mode = preset.encoder
     if train_encoder is not None:
         encoder_mode = {True: "full", False: "frozen"}.get(train_encoder, train_encoder)  # type: ignore[arg-type]
@@ -165,10 +171,30 @@ def apply_stage(
         visual = preset.findings_only and attribute_head and not name.startswith(("finding_head.", "finding_prompts."))
         param.requires_grad_(preset.projector or head or prompts or visual)
 
+    if preset.llm == "lora" and not any("lora_" in name for name, _ in groups["llm"]):
+        raise ModelConfigError(f"stage {preset.name} trains LoRA adapters on the LLM, but none were attached (LoRA "
+                               "target_modules matched no layer)")  # fmt: skip
+
     summary = trainable_summary(model)
     summary.update(stage=preset.name, text_only=preset.text_only, findings_only=preset.findings_only)
+    targets = _lora_targets(getattr(model, "llm", None)) if preset.llm == "lora" else None
+    if targets is not None:
+        summary["llm_lora_targets"] = targets
+        logger.info("stage %s: LoRA on the LLM's %s", preset.name, ", ".join(targets))
     logger.info("stage %s (%s): encoder %s, LLM %s", preset.name, preset.description, encoder_mode, preset.llm)
     return summary
+
+
+def _lora_targets(module: nn.Module | None) -> list[str] | None:
+    """The target layer names of a peft model's active LoRA adapter (leaf names; None for a module without one)."""
+    config = getattr(module, "peft_config", None)
+    if not isinstance(config, dict) or not config:
+        return None
+    adapter = config.get(getattr(module, "active_adapter", "default")) or next(iter(config.values()))
+    targets = getattr(adapter, "target_modules", None)
+    if targets is None:
+        return None
+    return [targets] if isinstance(targets, str) else sorted({name.rsplit(".", 1)[-1] for name in targets})
 
 
 def trainable_summary(model: nn.Module) -> dict[str, Any]:

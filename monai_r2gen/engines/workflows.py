@@ -345,7 +345,10 @@ class ReportBatchPreparer:
         self.report_key = report_key
 
     def __call__(
-        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor | None, list[str], tuple, dict[str, Any]]:
         def move(x: Any) -> Any:
@@ -612,8 +615,8 @@ class ReportTrainingWorkflow:
         self.num_workers = int(num_workers)
         self.dataset_cache = dataset_cache
         self.synthetic = dict(synthetic) if synthetic is not None else None
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.amp = bool(amp) and self.device.type == "cuda"
         self.amp_kwargs = {"dtype": getattr(torch, amp_dtype)} if self.amp else {}
@@ -667,8 +670,13 @@ class ReportTrainingWorkflow:
         """The training split's reports after section selection and cleaning (tokenizer corpus)."""
         from monai_r2gen.data.datasets import ReportDataset
 
-        dataset = ReportDataset(self._manifest_items(self.train_split), image_root=str(self.dataset_dir),
-                                report_style=self.report_style, target=self.target, check_files=False)
+        dataset = ReportDataset(
+            self._manifest_items(self.train_split),
+            image_root=str(self.dataset_dir),
+            report_style=self.report_style,
+            target=self.target,
+            check_files=False,
+        )
         return [str(dataset[i]["report"]) for i in range(len(dataset))]
 
     def build_network(self) -> torch.nn.Module:
@@ -832,8 +840,9 @@ class ReportTrainingWorkflow:
         frozen = not any(p.requires_grad for p in encoder.parameters())
         if not frozen:
             if stage.feature_cache is True:
-                logger.warning("stage %s: feature cache requested but the encoder is trained: cache disabled",
-                               stage.name)
+                logger.warning(
+                    "stage %s: feature cache requested but the encoder is trained: cache disabled", stage.name
+                )
             return None
         from monai_r2gen.engines.feature_cache import FeatureCache, encoder_fingerprint
 
@@ -853,8 +862,7 @@ class ReportTrainingWorkflow:
         encoder_lora = {k: v for k, v in dict(stage.encoder_lora or {}).items() if v is not None}
         if encoder_lora and (preset.encoder == "lora" or stage.train_encoder == "lora"):
             network.enable_encoder_lora(**encoder_lora)
-        summary = apply_stage(network, preset, train_encoder=stage.train_encoder,
-                              train_projector=stage.train_projector)
+        summary = apply_stage(network, preset, train_encoder=stage.train_encoder, train_projector=stage.train_projector)
         if stage.text_only is None:
             stage["text_only"] = bool(summary.get("text_only", preset.text_only))
         return summary
@@ -906,13 +914,19 @@ class ReportTrainingWorkflow:
                 items += val_items[: int(stage.val_max_studies)] if stage.val_max_studies else val_items
             fill_start = time.perf_counter()
             if is_main_process():
-                cache.fill(items, network.encoder, self._load_transform(), batch_size=max(1, stage.batch_size),
-                           device=self.device)
+                cache.fill(
+                    items,
+                    network.encoder,
+                    self._load_transform(),
+                    batch_size=max(1, stage.batch_size),
+                    device=self.device,
+                )
             self._barrier()
             fill_seconds = time.perf_counter() - fill_start
         train_ds = self._dataset(self.train_split, stage, cache, train=True)
-        train_loader, sampler = self._loader(train_ds, stage.batch_size, train=True,
-                                             group_by_length=bool(stage.group_by_length))
+        train_loader, sampler = self._loader(
+            train_ds, stage.batch_size, train=True, group_by_length=bool(stage.group_by_length)
+        )
         epoch_length = len(train_loader)
         if stage.max_iterations:
             max_epochs = max(1, math.ceil(int(stage.max_iterations) / epoch_length))
@@ -922,13 +936,18 @@ class ReportTrainingWorkflow:
             total_iterations = max_epochs * epoch_length
         optimizer = self._optimizer(stage)
         # stepped every iteration (also while gradients accumulate): warm-up and length are in iterations
-        scheduler = WarmupCosineSchedule(optimizer, warmup_steps=int(stage.warmup_steps),
-                                         t_total=max(1, total_iterations), end_lr=float(stage.end_lr))
+        scheduler = WarmupCosineSchedule(
+            optimizer,
+            warmup_steps=int(stage.warmup_steps),
+            t_total=max(1, total_iterations),
+            end_lr=float(stage.end_lr),
+        )
 
         train_net: torch.nn.Module = network
         if self.distributed:
             train_net = torch.nn.parallel.DistributedDataParallel(
-                network, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                network,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.find_unused_parameters,
             )
 
@@ -948,7 +967,10 @@ class ReportTrainingWorkflow:
         # resume first (Events.STARTED handlers run in attach order)
         saver_state: _SaverState | None = None
         save_dict: dict[str, Any] = {
-            "trainable": state, "optimizer": optimizer, "lr_scheduler": scheduler, "trainer": trainer,
+            "trainable": state,
+            "optimizer": optimizer,
+            "lr_scheduler": scheduler,
+            "trainer": trainer,
             "rng": RNGState(),
         }
 
@@ -975,12 +997,19 @@ class ReportTrainingWorkflow:
                 amp=self.amp,
                 amp_kwargs=self.amp_kwargs,
             )
-            StatsHandler(iteration_log=False, output_transform=lambda x: None, name=None,
-                         global_epoch_transform=lambda _: trainer.state.iteration).attach(evaluator)
+            StatsHandler(
+                iteration_log=False,
+                output_transform=lambda x: None,
+                name=None,
+                global_epoch_transform=lambda _: trainer.state.iteration,
+            ).attach(evaluator)
             # savers are built on every rank (ignite synchronises ranks when they are built); only rank 0 writes
             best_saver = CheckpointSaver(
-                save_dir=str(ckpt_dir), save_dict={"trainable": state}, save_key_metric=True,
-                key_metric_filename="best.pt", key_metric_n_saved=1,
+                save_dir=str(ckpt_dir),
+                save_dict={"trainable": state},
+                save_key_metric=True,
+                key_metric_filename="best.pt",
+                key_metric_n_saved=1,
             )
             best_saver.attach(evaluator)
             saver_state = _SaverState(best_saver, evaluator)
@@ -993,7 +1022,9 @@ class ReportTrainingWorkflow:
                 ).attach(evaluator)
             if writer is not None:
                 TensorBoardStatsHandler(
-                    summary_writer=writer, iteration_log=False, output_transform=lambda x: None,
+                    summary_writer=writer,
+                    iteration_log=False,
+                    output_transform=lambda x: None,
                     global_epoch_transform=lambda _: trainer.state.iteration,
                 ).attach(evaluator)
 
@@ -1007,21 +1038,32 @@ class ReportTrainingWorkflow:
         LrScheduleHandler(scheduler, print_lr=False, epoch_level=False).attach(trainer)
         GradientClipHandler(float(stage.grad_clip or 0.0)).attach(trainer)
         log_every = max(1, epoch_length // 5)
-        StatsHandler(tag_name="train_loss", output_transform=_loss_value, name=None,
-                     iteration_log=lambda _, i: i % log_every == 0).attach(trainer)
+        StatsHandler(
+            tag_name="train_loss",
+            output_transform=_loss_value,
+            name=None,
+            iteration_log=lambda _, i: i % log_every == 0,
+        ).attach(trainer)
         if writer is not None:
-            TensorBoardStatsHandler(summary_writer=writer, tag_name="train_loss", output_transform=_loss_value,
-                                    epoch_log=False).attach(trainer)
+            TensorBoardStatsHandler(
+                summary_writer=writer, tag_name="train_loss", output_transform=_loss_value, epoch_log=False
+            ).attach(trainer)
         if evaluator is not None:
-            ValidationHandler(validator=evaluator, interval=int(stage.val_interval),
-                              epoch_level=bool(stage.val_epoch_level)).attach(trainer)
+            ValidationHandler(
+                validator=evaluator, interval=int(stage.val_interval), epoch_level=bool(stage.val_epoch_level)
+            ).attach(trainer)
         if self.progress_bar:
             from ignite.handlers import ProgressBar
 
             ProgressBar(persist=False).attach(trainer, output_transform=lambda x: {"loss": _loss_value(x)})
         CheckpointSaver(
-            save_dir=str(ckpt_dir), save_dict=save_dict, file_prefix="last", save_final=True,
-            save_interval=int(stage.checkpoint_interval or epoch_length), epoch_level=False, n_saved=1,
+            save_dir=str(ckpt_dir),
+            save_dict=save_dict,
+            file_prefix="last",
+            save_final=True,
+            save_interval=int(stage.checkpoint_interval or epoch_length),
+            epoch_level=False,
+            n_saved=1,
         ).attach(trainer)
         if stage.max_iterations:
             trainer.add_event_handler(
@@ -1063,8 +1105,12 @@ class ReportTrainingWorkflow:
             result["best_metric"] = float(evaluator.state.best_metric)
             result["last_scores"] = {k: v for k, v in evaluator.state.metrics.items() if isinstance(v, float)}
         if cache is not None:
-            result["feature_cache"] = {"hits": cache.hits, "misses": cache.misses, "dir": str(cache.directory),
-                                       "fill_seconds": round(fill_seconds, 2)}
+            result["feature_cache"] = {
+                "hits": cache.hits,
+                "misses": cache.misses,
+                "dir": str(cache.directory),
+                "fill_seconds": round(fill_seconds, 2),
+            }
         self.history[stage.name] = result
         logger.info("stage %s finished: %s", stage.name, json.dumps(result, default=str))
         return result
@@ -1136,10 +1182,16 @@ class ReportTrainingWorkflow:
         network = _unwrap(self.network)
         self.model_dir.mkdir(parents=True, exist_ok=True)
         network.save_pretrained(str(self.model_dir))
-        summary = {"stages": self.history, "seed": self.seed, "image_size": self.image_size,
-                   "max_views": self.max_views, "max_length": self.max_length}
-        (self.model_dir / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str),
-                                                              encoding="utf-8")
+        summary = {
+            "stages": self.history,
+            "seed": self.seed,
+            "image_size": self.image_size,
+            "max_views": self.max_views,
+            "max_length": self.max_length,
+        }
+        (self.model_dir / "training_summary.json").write_text(
+            json.dumps(summary, indent=2, default=str), encoding="utf-8"
+        )
         logger.info("saved the model to %s", self.model_dir)
 
 
@@ -1299,8 +1351,8 @@ class ReportEvaluationWorkflow:
         self.tokenize = tokenize
         self.max_studies = max_studies
         self.num_workers = int(num_workers)
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.findings_file = _findings_file(findings_file, self.annotation_file)
         self.ceiling_seeds = [int(seed) for seed in ceiling_seeds]
@@ -1343,18 +1395,29 @@ class ReportEvaluationWorkflow:
         if self.max_studies:
             items = items[: int(self.max_studies)]
         dataset = ReportDataset(
-            items, image_root=str(self.dataset_dir),
+            items,
+            image_root=str(self.dataset_dir),
             transform=[LoadStudyViewsd(keys="image", spatial_size=self.image_size, max_views=self.max_views)],
-            report_style=self.report_style, target=self.target,
+            report_style=self.report_style,
+            target=self.target,
         )
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                            collate_fn=ReportCollate(pad_token_id=network.tokenizer.pad_token_id))
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=ReportCollate(pad_token_id=network.tokenizer.pad_token_id),
+        )
         start = time.perf_counter()
         writer = ReportWriter(self.output_dir, prefix="reports", tag_fn=lambda _: self.split)
         engine = SupervisedEvaluator(
-            device=self.device, val_data_loader=loader, network=network,
-            prepare_batch=ReportBatchPreparer(mode="generate"), inferer=GenerateInferer(**self.generation),
-            val_handlers=[writer], decollate=False,
+            device=self.device,
+            val_data_loader=loader,
+            network=network,
+            prepare_batch=ReportBatchPreparer(mode="generate"),
+            inferer=GenerateInferer(**self.generation),
+            val_handlers=[writer],
+            decollate=False,
         )
         engine.run()
         refs = [row["reference"] for row in writer.rows]
@@ -1365,15 +1428,27 @@ class ReportEvaluationWorkflow:
             "scores": {**nlg, **{k: ce[k] for k in ce_score_keys()}},
             "per_label": ce["per_label"],
             "settings": {
-                "model_dir": str(self.model_dir), "dataset_dir": str(self.dataset_dir),
-                "annotation_file": str(self.annotation_file), "split": self.split, "num_reports": len(refs),
-                "image_size": self.image_size, "max_views": self.max_views,
+                "model_dir": str(self.model_dir),
+                "dataset_dir": str(self.dataset_dir),
+                "annotation_file": str(self.annotation_file),
+                "split": self.split,
+                "num_reports": len(refs),
+                "image_size": self.image_size,
+                "max_views": self.max_views,
                 "reports": str(writer.last_path) if writer.last_path else None,
-                "nlg": {"scorer": "pycocoevalcap", "clean_style": self.report_style, "target": self.target,
-                        "tokenize": self.tokenize, "references_truncated": False},
+                "nlg": {
+                    "scorer": "pycocoevalcap",
+                    "clean_style": self.report_style,
+                    "target": self.target,
+                    "tokenize": self.tokenize,
+                    "references_truncated": False,
+                },
                 "ce": ce.get("settings", {}),
-                "generation": {k: v for k, v in network.generation_settings(**self.generation).items()
-                               if isinstance(v, (int, float, str, bool, list)) or v is None},
+                "generation": {
+                    k: v
+                    for k, v in network.generation_settings(**self.generation).items()
+                    if isinstance(v, (int, float, str, bool, list)) or v is None
+                },
                 "seconds": round(time.perf_counter() - start, 2),
             },
         }

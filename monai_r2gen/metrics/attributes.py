@@ -165,9 +165,7 @@ _ATTRIBUTE_WORD = (
 )
 _AFTER_MENTION_ATTRIBUTE = re.compile(r"\s*(?:,\s*)?(?:and\s+)?" + _ATTRIBUTE_WORD)
 _AFTER_COMMA_ATTRIBUTE = re.compile(r"\s*(?:and\s+)?" + _ATTRIBUTE_WORD)
-_CONNECTOR = re.compile(
-    r",|\b(?:and|with|plus|as\s+well\s+as|along\s+with|but|while|whereas|no|without|also)\b"
-)
+_CONNECTOR = re.compile(r",|\b(?:and|with|plus|as\s+well\s+as|along\s+with|but|while|whereas|no|without|also)\b")
 
 _BILATERAL = re.compile(r"\b(?:bilateral(?:ly)?|both|bibasilar|bibasal|bilat)\b")
 _RIGHT = re.compile(r"\bright\b")
@@ -260,7 +258,7 @@ def _find_mentions(sentence: str) -> list[_Mention]:
                 continue
             word = m.group(0)
             if kind == "cardiomegaly" and word.startswith("enlarge"):
-                near = sentence[max(0, m.start() - _HEART_REACH): m.end() + _HEART_REACH]
+                near = sentence[max(0, m.start() - _HEART_REACH) : m.end() + _HEART_REACH]
                 if not _HEART.search(near):
                     continue
             found.append(_Mention(kind, m.start(), m.end(), word))
@@ -275,7 +273,7 @@ def _find_mentions(sentence: str) -> list[_Mention]:
 
 def _scope_broken(sentence: str, cue_end: int, mention: _Mention, mentions: list[_Mention]) -> bool:
     """Whether the negation scope that starts at ``cue_end`` ends before ``mention``."""
-    between = sentence[cue_end: mention.start]
+    between = sentence[cue_end : mention.start]
     if len(between.split()) > NEGATION_WINDOW or _SCOPE_END.search(between):
         return True
     for comma in re.finditer(",", between):
@@ -378,7 +376,7 @@ def read_finding_attributes(text: str) -> dict[str, dict[str, str | None]]:
         for k, group in enumerate(groups):
             if not group.positive:
                 continue
-            segment = sentence[bounds[k]: bounds[k + 1]]
+            segment = sentence[bounds[k] : bounds[k + 1]]
             entry = found.setdefault(group.kind, {"side": None, "severity": None})
             if entry["side"] is None and group.kind in SIDED_KINDS:
                 entry["side"] = _read_side(segment)
@@ -619,7 +617,6 @@ def attribute_scores(
         "prior": "always the most frequent true value of the kind among its mentioned findings",
     }
     return result
-
 
 
 def _cell(value: float | None, width: int) -> str:

@@ -11,8 +11,12 @@ and ``None`` not mentioned.
 
 How a report is labelled:
 
-1. Text is lower-cased, a few abbreviations are normalised (``vs.``, ``w/o``, ``s/p``), and it is split into
-   sentences at ``.``, ``!``, ``?`` (not inside decimals) and at blank lines. Single line breaks are spaces.
+1. Text is lower-cased, a word hyphenated at a line break is joined ("pneumo-" + line break + "thorax"), a few
+   abbreviations are normalised (``vs.``, ``w/o``, ``s/p``), IU-Xray's de-identification tokens ("XXXX") are
+   dropped, and a spelling one slip away from a main observation word (a letter dropped, doubled or swapped with its
+   neighbour, or in long words one vowel changed: "effusoin", "pneumothroax", "cardiomegally", "atelactasis") is
+   read as that word. The text is split into sentences at ``.``, ``!``, ``?`` (not inside decimals) and at blank
+   lines. Single line breaks are spaces.
 2. Sentences are cut into clauses at hard boundaries: ``;``, ``:``, brackets, ``but``, ``however``, ``although``,
    ``though``, ``whereas``, ``while``, ``except``, ``other than``, ``apart from``, ``aside from``, ``which``,
    ``there is/are``, ``with`` (not in "consistent/compatible/associated with") and ``and the/there/a/an``.
@@ -22,14 +26,18 @@ How a report is labelled:
      unless a rule below applies;
    * phrases that CheXpert always treats as uncertain ("vascular congestion", "pulmonary congestion",
      "indistinctness", "vascular prominence" for Edema);
-   * generic anatomy ("heart size", "cardiac silhouette", "mediastinum", "costophrenic angle"): they carry a label
-     only with a descriptor next to them in the clause ("enlarged", "widened", "blunted" -> positive; "normal",
-     "sharp" -> negative; "borderline", "stable", "unchanged", "obscured" -> uncertain, as CheXpert's
-     "stable cardiac silhouette" rule). A generic phrase without a descriptor, or in a positional phrase such as
-     "projecting over the heart", is not a mention.
+   * generic anatomy ("heart size", "cardiac silhouette", "mediastinum", "costophrenic angle", and "pulmonary
+     vascularity" for Edema): they carry a label only with a descriptor next to them in the clause ("enlarged",
+     "widened", "blunted" -> positive; "normal", "sharp" -> negative; "borderline", "stable", "unchanged",
+     "obscured", "accentuates" -> uncertain, as CheXpert's "stable cardiac silhouette" rule; vascularity that is
+     "increased", "prominent" or "engorged" -> uncertain, as CheXpert's "vascular prominence"). Normal anatomy is
+     negative through the negation rules ("heart size and pulmonary vascularity appear within normal limits"). A
+     generic phrase without a descriptor, or in a positional phrase such as "projecting over the heart", is not a
+     mention.
 
    Unmention phrases cancel an overlapping match ("pericardial effusion", "calcified nodule", "massive",
-   "Kerley B lines", "plate-like", "subcutaneous edema").
+   "Kerley B lines", "plate-like", "subcutaneous edema", and "granulomatous infection" / "granulomatous disease"
+   for Pneumonia: old granulomatous disease is an other finding, not a pneumonia).
 4. Each mention gets the first rule that applies, in CheXpert's order:
 
    a. pre-negation uncertainty: "cannot exclude", "cannot be excluded", "not excluded", "cannot rule out",
@@ -39,12 +47,17 @@ How a report is labelled:
       "neither/nor", "history of", "normal", "unremarkable") scope forward to the end of the clause; a comma
       ends the scope when the text since the trigger already holds a verb ("no effusion is seen, small
       pneumothorax"), or when the next item starts with a severity word ("no effusion, mild cardiomegaly"), so
-      lists such as "no effusion, pneumothorax or consolidation" stay negated. Triggers after the mention
-      ("... is not seen", "... has resolved", "... has been removed", "... is normal", "... within normal limits",
-      "... is absent") scope back over the clause's subject (stopping at a comma or at an earlier verb);
-      "no change", "not changed", "partially resolved" are not negations;
+      lists such as "no effusion, pneumothorax or consolidation" stay negated. A severity word does not end a list
+      that is closed by "or" / "nor" ("no focal consolidation, large pleural effusion, or pneumothorax": all three
+      negative). Triggers after the mention ("... is not seen", "... has resolved", "... has been removed", "... is
+      normal", "... within normal limits", "... within limits of normal", "... is absent") scope back over the
+      clause's subject (stopping at a comma or at an earlier verb); "no (significant) change / increase / decrease
+      / worsening / progression in", "not changed", "partially resolved" are not negations, and two findings after
+      "no change in" are not alternatives ("no significant change in right pneumothorax or left effusion": both
+      positive);
    c. uncertainty: triggers before ("may", "might", "could", "possible", "probable", "questionable",
-      "suspicious for", "concerning for", "suggestive of", "versus", "less likely", ...) or after ("... is
+      "suspicious for", "concerning for", "suggestive of", "versus", "less likely", "clinical correlation for",
+      ...) or after ("... is
       suspected", "... may be present", "... is less likely", "... is obscured") the mention, and alternatives
       joined by "or" / "versus" ("atelectasis or pneumonia");
    d. the descriptor rule for generic anatomy and the always-uncertain phrases;
@@ -62,7 +75,9 @@ How a report is labelled:
 Deviations from CheXpert, on purpose: generic anatomy without a descriptor is not a mention (CheXpert labels
 "the heart" positive); "blunting of the costophrenic angle" is a Pleural Effusion mention; "pleural plaque" is
 Pleural Other; "unlikely" is uncertain; "marker", "support", "defib" and "tracheostomy" are not used as device or
-other-finding phrases; "subcutaneous/soft tissue edema" is not Edema.
+other-finding phrases; "subcutaneous/soft tissue edema" is not Edema; "wire(s)" (sternotomy, sternal, pacing wires) is
+a Support Devices phrase; "pulmonary vascularity" is a generic Edema phrase; "granulomatous infection" is not
+Pneumonia; misspellings of the main observation words are read as the words.
 """
 
 from __future__ import annotations
@@ -195,6 +210,7 @@ _SPECIFIC: dict[str, list[str]] = {
         r"port-?a-?cath",
         r"stents?\b",
         r"loop recorder",
+        r"wires?\b",
         r"dobhoff",
         r"swan[- ]ganz",
     ],
@@ -214,6 +230,7 @@ _GENERIC: dict[str, list[str]] = {
     "Enlarged Cardiomediastinum": [
         r"cardio ?mediastin(?:um|al)(?: (?:silhouette|contours?|shadow|structures?|size|width))?",
         r"mediastin(?:um|al (?:silhouette|contours?|configuration|width|structures?|shadow))",
+        r"mediastinal and hilar (?:contours?|silhouettes?|structures?)",
         r"pericardial silhouette",
         r"cardiac and mediastinal (?:contours?|silhouettes?)",
     ],
@@ -225,6 +242,7 @@ _GENERIC: dict[str, list[str]] = {
         r"cardiac (?:silhouette|size|shadow|contours?|diameter)",
     ],
     "Pleural Effusion": [r"(?:costophrenic|cp) (?:angles?|sulc(?:us|i))"],
+    "Edema": [r"(?:pulmonary )?vascul(?:arity|ature)", r"pulmonary vessels", r"pulmonary vascular markings"],
 }
 
 _UNMENTION: dict[str, list[str]] = {
@@ -233,6 +251,7 @@ _UNMENTION: dict[str, list[str]] = {
     "Lung Lesion": [r"calcified (?:nodul\w*|granulom\w*)", r"massive", r"mass effect"],
     "Edema": [r"(?:subcutaneous|soft[- ]tissue|chest wall|scrotal) o?edema"],
     "Pleural Effusion": [r"pericardial effusions?"],
+    "Pneumonia": [r"granulomatous (?:infections?|infectious (?:disease|process)|disease|exposure)"],
     "Support Devices": [
         r"kerley(?: [ab])? lines?",
         r"septal lines?",
@@ -249,7 +268,7 @@ _UNMENTION: dict[str, list[str]] = {
 _HEART_DESCRIPTORS = [
     (
         r"\b(?:borderline|equivocal|difficult to (?:assess|evaluate)|(?:can ?not|not) be (?:assessed|evaluated)|"
-        r"poorly (?:assessed|evaluated|visualized|seen)|obscur\w*|accentuated|exaggerated|magnified|may|might|could|"
+        r"poorly (?:assessed|evaluated|visualized|seen)|obscur\w*|accentuat\w*|exaggerat\w*|magnif\w*|may|might|could|"
         r"possibl\w*|question\w*|suspect\w*|probabl\w*)\b",
         UNCERTAIN,
     ),
@@ -261,7 +280,13 @@ _EFFUSION_DESCRIPTORS = [
     (r"\bblunt\w*", POSITIVE),
     (r"\b(?:sharp\w*|clear|preserved)\b", NEGATIVE),
 ]
+# "pulmonary vascularity": normal -> negative comes from the negation rules; more vessels only hint at edema, as
+# CheXpert's "vascular prominence" / "vascular congestion" (uncertain).
+_VASCULAR_DESCRIPTORS = [
+    (r"\b(?:increas\w*|prominen\w*|engorge\w*|congest\w*|indistinct\w*|enlarg\w*|distend\w*|plethor\w*)", UNCERTAIN),
+]
 _DESCRIPTORS = {
+    "Edema": _VASCULAR_DESCRIPTORS,
     "Enlarged Cardiomediastinum": _HEART_DESCRIPTORS,
     "Cardiomegaly": _HEART_DESCRIPTORS,
     "Pleural Effusion": _EFFUSION_DESCRIPTORS,
@@ -329,14 +354,19 @@ _NOT_A_NEGATION_AFTER_NOT = (
     r"(?!(?:\s+(?:significantly|appreciably|substantially|markedly|much|entirely|completely|definitely))?"
     r"\s+(?:changed?|improved|resolved|excluded|ruled|assessed|evaluated|well|clearly)\b)"
 )
-_NO_CHANGE = (
-    r"(?!(?:\s+(?:significant|interval|appreciable|substantial|major|definite|apparent|real|radiographic|gross|"
-    r"other))*\s+change)"
+_CHANGE_WORDS = (
+    r"(?:significant|significantly|interval|appreciable|substantial|major|definite|apparent|real|radiographic|gross|"
+    r"other|large|evidence|of|further|overall)"
 )
+_CHANGE_NOUN = r"(?:change|increase|decrease|worsening|progression|improvement|difference)s?\b"
+_NO_CHANGE = r"(?!(?:\s+" + _CHANGE_WORDS + r")*\s+" + _CHANGE_NOUN + ")"
 _NOT_PARTIAL = (
     r"(?<!partial )(?<!partially )(?<!near )(?<!nearly )(?<!incomplete )(?<!incompletely )(?<!almost )"
     r"(?<!near complete )(?<!nearly complete )(?<!near-complete )(?<!almost complete )(?<!not )(?<!slowly )"
 )
+
+# "no significant change in X or Y": X and Y are both still there, not alternatives.
+_NO_CHANGE_FWD = r"\b(?:no|without)(?:\s+" + _CHANGE_WORDS + r")*\s+" + _CHANGE_NOUN
 
 _PRE_UNCERTAIN_FWD = (
     r"\b(?:(?:can ?not|can't|could not|couldn't|unable to|difficult to|hard to) (?:entirely |completely |definitely )?"
@@ -357,12 +387,13 @@ _NEG_FWD = (
 _NEG_BWD = (
     r"\bnot\b" + _NOT_A_NEGATION_AFTER_NOT + r"|\bno longer\b|\babsent\b|" + _NOT_PARTIAL + r"\bresolved\b|"
     r"\bremoved\b|\bcleared\b|\bexcluded\b|\bruled out\b|\bdisappeared\b|\bwithin normal limits\b|"
+    r"\bwithin (?:the )?limits of normal\b|\bwithin (?:the )?normal range\b|"
     r"\b(?:at |within )?(?:the )?upper limits? of normal\b|\b(?:top|upper|high)[- ]normal\b|\bnormal\b|\bunremarkable\b"
 )
 _UNC_FWD = (
     r"\b(?:may|might|could|would|possibl[ey]|probabl[ey]|presum\w*|questionabl[ey]|question of|suspect\w*|"
     r"suspicio\w*|concern(?:ing)? for|worrisome|suggest\w*|differential|versus|vs|equivocal|indeterminate|"
-    r"less likely|unlikely|cannot be excluded)\b"
+    r"less likely|unlikely|cannot be excluded|(?:clinical(?:ly)? )?correlat\w* (?:clinically )?for)\b"
 )
 _UNC_BWD = (
     r"\b(?:(?:is|are|was|were) (?:possible|suspected|questioned|questionable|equivocal|uncertain|"
@@ -405,6 +436,65 @@ _ABBREVIATIONS = [
     (re.compile(r"\bs/p\b"), "status post"),
     (re.compile(r"&"), " and "),
 ]
+# IU-Xray's de-identification token ("No XXXX pleural effusion", "XXXX sternotomy wires"): dropped, as it stands for
+# a word we cannot know.
+_DEIDENTIFIED = re.compile(r"\bx{3,}\b")
+
+# Misspellings of the main observation words that an OCR pass or a hurried typist leaves ("effusoin", "pneumothroax",
+# "cardiomegally"): every spelling one slip away from a word below (a letter dropped, doubled, two neighbours swapped,
+# and in long words one vowel changed) is read as the word. Real words are never rewritten.
+_TYPO_TARGETS = (
+    "effusion",
+    "effusions",
+    "pneumothorax",
+    "pneumothoraces",
+    "cardiomegaly",
+    "atelectasis",
+    "consolidation",
+    "pneumonia",
+    "edema",
+    "opacity",
+    "opacities",
+    "infiltrate",
+    "infiltrates",
+    "fracture",
+    "fractures",
+)
+_NOT_TYPOS = frozenset({"pleura", "plural", "dema", "fracturer"})
+_VOWELS = "aeiou"
+
+
+def _typo_table(words: Iterable[str]) -> dict[str, str]:
+    table: dict[str, str] = {}
+    words = tuple(words)
+    for word in words:
+        variants = set()
+        for i in range(len(word)):
+            if len(word) >= 5:
+                variants.add(word[:i] + word[i + 1 :])  # dropped letter
+            variants.add(word[:i] + word[i] + word[i:])  # doubled letter
+            if i + 1 < len(word) and word[i] != word[i + 1]:
+                variants.add(word[:i] + word[i + 1] + word[i] + word[i + 2 :])  # swapped neighbours
+            if len(word) >= 8 and word[i] in _VOWELS:
+                variants.update(word[:i] + v + word[i + 1 :] for v in _VOWELS if v != word[i])
+        for v in variants:
+            if v not in words and v not in _NOT_TYPOS:
+                table.setdefault(v, word)
+    return table
+
+
+_TYPOS = _typo_table(_TYPO_TARGETS)
+# only words that could be a misspelling go through the table (a cheap filter on length and first letters)
+_TYPO_CANDIDATE = re.compile(r"\b(?:" + "|".join(sorted({v[:2] for v in _TYPOS})) + r")[a-z]{2,14}\b")
+
+
+def _fix_typo(match: re.Match) -> str:
+    word = match.group()
+    return _TYPOS.get(word, word)
+
+
+# a word hyphenated at a line break ("pneumo-\nthorax") is joined again
+_LINE_BREAK_HYPHEN = re.compile(r"(?<=[a-z])-[ \t]*\r?\n[ \t]*(?=[a-z])")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 _WHITESPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"(?<!\d)\.|\.(?!\d)|[!?]")
@@ -499,9 +589,16 @@ class _Sentence:
             for c in self.commas:
                 if c < start or c >= end:
                     continue
-                if labeler._verb.search(text, start, c) or labeler._severity_next.match(text, c + 1):
+                if labeler._verb.search(text, start, c):
                     end = c
                     break
+                if labeler._severity_next.match(text, c + 1):
+                    # "no effusion, mild cardiomegaly" ends the list; "no consolidation, large effusion, or
+                    # pneumothorax" is one list closed by "or" / "nor", and the severity word stays inside it
+                    closing = labeler._list_close.search(text, c, end)
+                    if closing is None or labeler._verb.search(text, c, closing.start()):
+                        end = c
+                        break
             sev = labeler._and_severity.search(text, start, end)
             if sev:
                 end = sev.start()
@@ -547,7 +644,7 @@ class CheXpertLabeler:
         (1.0, 0.0, 0.0, None)
     """
 
-    version = "monai-r2gen-chexpert-rules-1"
+    version = "monai-r2gen-chexpert-rules-2"
 
     def __init__(self) -> None:
         self._observations = tuple(_build_observation(name) for name in CHEXPERT_LABELS if name != "No Finding")
@@ -561,6 +658,7 @@ class CheXpertLabeler:
         self._verb = re.compile(_VERB)
         self._severity_next = re.compile(r"\s*(?:and\s+)?" + _SEVERITY)
         self._and_severity = re.compile(r"\band\s+" + _SEVERITY)
+        self._list_close = re.compile(r"\b(?:or|nor)\b")
         self._triggers = {
             "pre_unc_fwd": re.compile(_PRE_UNCERTAIN_FWD),
             "pre_unc_bwd": re.compile(_PRE_UNCERTAIN_BWD),
@@ -568,6 +666,7 @@ class CheXpertLabeler:
             "neg_bwd": re.compile(_NEG_BWD),
             "unc_fwd": re.compile(_UNC_FWD),
             "unc_bwd": re.compile(_UNC_BWD),
+            "no_change_fwd": re.compile(_NO_CHANGE_FWD),
         }
 
     # ------------------------------------------------------------------------------------------------ public API
@@ -594,9 +693,11 @@ class CheXpertLabeler:
     # ------------------------------------------------------------------------------------------------ internals
     @staticmethod
     def _sentences(text: str) -> list[str]:
-        text = text.lower()
+        text = _LINE_BREAK_HYPHEN.sub("", text.lower())
         for pattern, repl in _ABBREVIATIONS:
             text = pattern.sub(repl, text)
+        text = _DEIDENTIFIED.sub(" ", text)
+        text = _TYPO_CANDIDATE.sub(_fix_typo, text)
         text = _BLANK_LINE.sub(" . ", text)
         text = _WHITESPACE.sub(" ", text)
         out = []
@@ -677,7 +778,7 @@ class CheXpertLabeler:
         for key in ("unc_fwd", "unc_bwd"):
             if self._covered(sent, key, start, end):
                 return UNCERTAIN, key
-        if alternative:
+        if alternative and not self._covered(sent, "no_change_fwd", start, end):
             return UNCERTAIN, "alternative"
         if kind == "u":
             return UNCERTAIN, "uncertain_phrase"

@@ -30,6 +30,7 @@ __all__ = [
     "EMBEDDED_GENERATION",
     "EMBEDDED_PROMPT",
     "GeneratorConfig",
+    "TINY_LLM_FAMILIES",
     "build_generator",
     "embedded_default_config",
     "tiny_encoder_options",
@@ -55,6 +56,13 @@ EMBEDDED_GENERATION: dict[str, Any] = {
 EMBEDDED_PROMPT = "<Img><ImageHere></Img> Report:"
 
 
+# the families with a tiny preset; each has its LoRA defaults in monai_r2gen.networks.generator (docs/training.md)
+TINY_LLM_FAMILIES = (
+    "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt2", "gpt_neox", "falcon",
+    "mpt",
+)  # fmt: skip
+
+
 def tiny_llm_options(
     model_type: str = "llama",
     hidden_size: int = 256,
@@ -64,27 +72,42 @@ def tiny_llm_options(
 ) -> dict[str, Any]:
     """Config kwargs of a small causal LM of a given family (vocabulary filled in from the tokenizer at build).
 
-    Supported families: llama, mistral, qwen2, phi, gpt2 (others: pass the HF config kwargs yourself).
+    Supported families: :data:`TINY_LLM_FAMILIES` (llama, mistral, mixtral, qwen2, qwen3, gemma, gemma2, phi, phi3,
+    gpt2, gpt_neox, falcon, mpt); for others pass the HF config kwargs yourself.
+
+    Raises:
+        ModelConfigError: a family without a preset.
     """
     if model_type == "llama" and (hidden_size, num_layers, num_heads) == (256, 4, 4):
         return dict(TINY_LLAMA, max_position_embeddings=max_positions)
     if model_type == "gpt2":
         return {"model_type": "gpt2", "n_embd": hidden_size, "n_layer": num_layers, "n_head": num_heads,
                 "n_positions": max_positions}  # fmt: skip
-    if model_type not in ("llama", "mistral", "qwen2", "phi"):
-        raise ModelConfigError(f"no tiny preset for {model_type!r}; give llm_options with the HF config kwargs")
+    if model_type == "mpt":
+        return {"model_type": "mpt", "d_model": hidden_size, "n_layers": num_layers, "n_heads": num_heads,
+                "max_seq_len": max_positions, "expansion_ratio": 2}  # fmt: skip
+    if model_type not in TINY_LLM_FAMILIES:
+        raise ModelConfigError(f"no tiny preset for {model_type!r} (presets: {', '.join(TINY_LLM_FAMILIES)}); give "
+                               "llm_options with the HF config kwargs")  # fmt: skip
     options: dict[str, Any] = {
         "model_type": model_type,
         "hidden_size": hidden_size,
         "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
-        "intermediate_size": 4 * hidden_size if model_type == "phi" else (hidden_size * 11 // 4 + 63) // 64 * 64,
         "max_position_embeddings": max_positions,
     }
-    if model_type != "phi":
+    if model_type == "falcon":  # Falcon's MLP is 4 x hidden; multi-query attention by default
+        return options
+    options["intermediate_size"] = 4 * hidden_size if model_type in ("phi", "gpt_neox") else (
+        (hidden_size * 11 // 4 + 63) // 64 * 64)  # fmt: skip
+    if model_type not in ("phi", "gpt_neox"):
         options["num_key_value_heads"] = num_heads
-    if model_type in ("mistral", "qwen2"):
+    if model_type in ("mistral", "mixtral", "qwen2", "qwen3"):
         options["sliding_window"] = None
+    if model_type in ("qwen3", "gemma", "gemma2"):  # their head width does not follow from hidden / heads
+        options["head_dim"] = hidden_size // num_heads
+    if model_type == "mixtral":
+        options.update(num_local_experts=2, num_experts_per_tok=1)
     return options
 
 
@@ -140,8 +163,9 @@ def embedded_default_config(**overrides: Any) -> GeneratorConfig:
     if tiny_llm:  # a pretrained LLM keeps the R2GenGPT instruction prompt
         settings["prompt_template"] = EMBEDDED_PROMPT
     if tiny_encoder and tiny_llm:  # 30 prompts: 160 tokens leave room for 99% of the phantom reports
-        settings.update(finding_head=True, finding_prompts=True, hard_finding_prompts=True, finding_loss_weight=1.0,
-                        max_length=160)
+        settings.update(
+            finding_head=True, finding_prompts=True, hard_finding_prompts=True, finding_loss_weight=1.0, max_length=160
+        )
     settings.update(overrides)
     return GeneratorConfig.from_dict(settings)
 

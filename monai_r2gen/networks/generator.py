@@ -29,6 +29,11 @@ elsewhere:
 A directory without ``llm/`` needs its base LLM: :meth:`RadiologyReportGenerator.from_pretrained` looks at the
 recorded path (or the one given) and refuses a base whose fingerprint differs with
 :class:`~monai_r2gen.errors.CheckpointMismatchError`.
+
+Saving writes the whole directory beside the target and swaps it in by renaming, so a failed or killed save leaves
+the earlier model whole; files get the permissions the umask allows. Loading reads safetensors only (a pickle is
+refused, never unpickled) and checks every part first: a missing, truncated, corrupt or wrong kind of file is a
+:class:`~monai_r2gen.errors.ModelFileError` naming that file and the reason.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +59,8 @@ from torch import nn
 
 from monai_r2gen.data.reports import DEFAULT_PROMPT, IGNORE_INDEX, IMAGE_TOKEN, encode_prompt
 from monai_r2gen.data.tokenizer import add_image_token
-from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError
+from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError, ModelFileError
+from monai_r2gen.files import OutputFileError, apply_umask
 from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
 from monai_r2gen.networks.attribute_head import FindingAttributeHead
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
@@ -70,7 +79,9 @@ __all__ = [
     "RadiologyReportGenerator",
     "default_lora_targets",
     "fingerprint",
+    "linear_module_names",
     "load_causal_lm",
+    "resolve_lora_targets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -173,7 +184,8 @@ class GeneratorConfig:
         llm_lora_r: LoRA rank on the LLM.
         llm_lora_alpha: LoRA alpha on the LLM.
         llm_lora_dropout: LoRA dropout on the LLM.
-        llm_lora_target_modules: LoRA targets (None: per-family default, e.g. q_proj/v_proj, GPT-2 c_attn).
+        llm_lora_target_modules: LoRA targets (None or "auto": per-family default, e.g. q_proj/v_proj, GPT-2 c_attn;
+            "all-linear": every Linear / Conv1D layer but the output head; see :func:`resolve_lora_targets`).
         encoder_lora_r: LoRA rank on the encoder (R2GenGPT "delta").
         encoder_lora_alpha: LoRA alpha on the encoder.
         encoder_lora_dropout: LoRA dropout on the encoder.
@@ -406,20 +418,109 @@ def load_causal_lm(
     return model.to(dtype) if dtype is not None else model
 
 
+# ``target_modules`` values that mean "the family's defaults" (a YAML ``null`` or a ``None`` given on a command line
+# may reach here as a string); "all-linear" is peft's: every Linear / Conv1D layer except the output head.
+_AUTO_TARGETS = ("auto", "default", "none", "null")
+ALL_LINEAR = "all-linear"
+
+
+def _model_type(model: nn.Module) -> str:
+    base = model.get_base_model() if _is_peft(model) else model
+    return str(getattr(getattr(base, "config", None), "model_type", "") or type(base).__name__)
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct leaf names of a model's ``nn.Linear`` and transformers ``Conv1D`` layers (LoRA target names).
+
+    Args:
+        model: a causal LM (or any module).
+
+    Returns:
+        sorted names, e.g. ``["c_attn", "c_fc", "c_proj", "lm_head"]`` for GPT-2.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    names = set()
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if not isinstance(module, (nn.Linear, Conv1D)) or any(p.startswith("lora_") for p in parts):
+            continue
+        while parts and parts[-1] == "base_layer":  # the layer a LoRA wrapper holds keeps its own name
+            parts.pop()
+        if parts:
+            names.add(parts[-1])
+    return sorted(names)
+
+
 def default_lora_targets(model: nn.Module) -> list[str]:
     """LoRA target module names for a causal LM: its family's attention projections (query / value).
 
     Raises:
-        ModelConfigError: no known projection names in the model (give the targets explicitly).
+        ModelConfigError: no known projection names in the model (give the targets explicitly); the message names
+            the family and the Linear / Conv1D layer names it has.
     """
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    model_type = _model_type(model)
     candidates = ([_LLM_LORA_TARGETS[model_type]] if model_type in _LLM_LORA_TARGETS else []) + list(_LORA_FALLBACK)
     for candidate in candidates:
         if all(c in names for c in candidate):
             return list(candidate)
-    raise ModelConfigError(f"no default LoRA targets for a {model_type or type(model).__name__!r} model; "
-                           "set llm_lora_target_modules")  # fmt: skip
+    raise ModelConfigError(f"no default LoRA targets for a {model_type!r} model; set the LoRA target_modules to "
+                           f"some of its layers {linear_module_names(model)} or to {ALL_LINEAR!r}")  # fmt: skip
+
+
+def resolve_lora_targets(model: nn.Module, targets: Sequence[str] | str | None) -> list[str] | str:
+    """The LoRA ``target_modules`` to give peft for ``model``, checked against the modules it has.
+
+    Args:
+        model: the causal LM.
+        targets: None, "auto" (or "default", "none", "null"): the family's defaults (:func:`default_lora_targets`);
+            "all-linear": every Linear / Conv1D layer except the output head (peft's shorthand); another string: a
+            regular expression that must match whole module names (peft's rule); a list: module names, matched as
+            peft does (a full name or its last parts).
+
+    Returns:
+        the targets, as peft takes them.
+
+    Raises:
+        ModelConfigError: the targets match no module of the model; the message names the family (``model_type``)
+            and the Linear / Conv1D layer names it has. A list of which only some names match is used, with a
+            warning that names the others.
+    """
+    if targets is None or (isinstance(targets, str) and targets.strip().lower() in _AUTO_TARGETS):
+        return default_lora_targets(model)
+    model_type = _model_type(model)
+    modules = [name for name, _ in model.named_modules() if name]
+
+    def _refuse(what: str) -> ModelConfigError:
+        return ModelConfigError(
+            f"LoRA target_modules {what} match no module of the {model_type!r} LLM; its Linear / Conv1D layers are "
+            f"named {linear_module_names(model)}: choose some of them, or null / 'auto' for the family's defaults, "
+            f"or {ALL_LINEAR!r}"
+        )
+
+    if isinstance(targets, str):
+        if targets.strip().lower() == ALL_LINEAR:
+            if not linear_module_names(model):
+                raise _refuse(repr(targets))
+            return ALL_LINEAR
+        try:
+            pattern = re.compile(targets)
+        except re.error as exc:
+            raise ModelConfigError(f"LoRA target_modules {targets!r} is not a regular expression ({exc})") from exc
+        if not any(pattern.fullmatch(name) for name in modules):
+            raise _refuse(repr(targets))
+        return targets
+    targets = list(targets)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ModelConfigError(f"LoRA target_modules must be module names, got {targets!r}")
+    unmatched = [t for t in targets if not any(name == t or name.endswith("." + t) for name in modules)]
+    if len(unmatched) == len(targets):
+        raise _refuse(str(targets))
+    if unmatched:
+        logger.warning("LoRA target_modules %s match no module of the %r LLM (its Linear / Conv1D layers: %s); "
+                       "LoRA goes on the others", unmatched, model_type, linear_module_names(model))  # fmt: skip
+    return targets
 
 
 def _resize_embeddings(llm: nn.Module, size: int) -> None:
@@ -638,24 +739,39 @@ class RadiologyReportGenerator(nn.Module):
     ) -> None:
         """Wrap the LLM with LoRA adapters (peft); a no-op when already wrapped.
 
-        peft freezes every base weight (embeddings and LM head included). Settings default to the config's.
+        peft freezes every base weight (embeddings and LM head included). Settings default to the config's; the
+        targets are checked by :func:`resolve_lora_targets` (None / "auto": the family's defaults).
+
+        Raises:
+            ModelConfigError: targets that match no module of the LLM (the message names its family and layers).
         """
         if self.has_llm_lora:
             return
         from peft import LoraConfig, TaskType, get_peft_model
 
         cfg = self.config
-        targets = target_modules or cfg.llm_lora_target_modules or default_lora_targets(self.llm)
+        targets = target_modules if target_modules is not None else cfg.llm_lora_target_modules
+        targets = resolve_lora_targets(self.llm, targets)
+        # peft's causal-LM wrapper refuses inputs_embeds for MPT (a rule of the former remote-code MPT; transformers'
+        # MPT takes them), so MPT gets the plain wrapper, which forwards every argument to the model
+        task_type = None if _model_type(self.llm) == "mpt" else TaskType.CAUSAL_LM
         lora = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
+            task_type=task_type,
             r=r or cfg.llm_lora_r,
             lora_alpha=alpha or cfg.llm_lora_alpha,
             lora_dropout=cfg.llm_lora_dropout if dropout is None else dropout,
-            target_modules=targets if isinstance(targets, str) else list(targets),
+            target_modules=targets,
             bias="none",
         )
-        self.llm = get_peft_model(self.llm, lora)
-        logger.info("LoRA on the LLM: r=%d alpha=%d targets=%s", lora.r, lora.lora_alpha, sorted(lora.target_modules))
+        try:
+            self.llm = get_peft_model(self.llm, lora)
+        except ValueError as exc:  # e.g. a target that is a block, not a layer peft can adapt
+            raise ModelConfigError(f"LoRA on the {_model_type(self.llm)!r} LLM with target_modules {targets!r} "
+                                   f"failed ({exc}); its Linear / Conv1D layers are named "
+                                   f"{linear_module_names(self.llm)}") from exc  # fmt: skip
+        adapted = getattr(self.llm, "peft_config", {}).get("default", lora).target_modules  # "all-linear" expanded
+        adapted = adapted if isinstance(adapted, str) else sorted({name.rsplit(".", 1)[-1] for name in adapted})
+        logger.info("LoRA on the LLM: r=%d alpha=%d targets=%s", lora.r, lora.lora_alpha, adapted)
 
     def enable_encoder_lora(
         self,
@@ -929,8 +1045,10 @@ class RadiologyReportGenerator(nn.Module):
 
         heads = (finding_labels is not None and self.finding_head is not None) or attribute_targets is not None
         if not heads or (images is None and visual_tokens is None):
-            raise ValueError("findings_only needs images (or visual_tokens) and the targets of the finding head "
-                             "(finding_labels) or of the attribute head (attribute_presence, attribute_fields)")
+            raise ValueError(
+                "findings_only needs images (or visual_tokens) and the targets of the finding head "
+                "(finding_labels) or of the attribute head (attribute_presence, attribute_fields)"
+            )
         if visual_tokens is None:
             visual_tokens = self.encode_views(images, view_mask)
         output = CausalLMOutputWithPast()
@@ -1094,12 +1212,25 @@ class RadiologyReportGenerator(nn.Module):
         still requires grad, or when it was built from a config (random init); then its full weights are written.
         Otherwise only its LoRA adapter (if any) is written and the base is referenced by path and fingerprint.
 
+        The model is written into a hidden sibling folder which then replaces ``save_dir`` in one rename, so a save
+        that fails or is killed leaves an earlier model there as it was. Other files in ``save_dir`` (e.g. a training
+        summary) are kept; model parts the new save does not write (an old ``llm_lora/``) are removed. Every file
+        gets the permissions the process umask allows (safetensors writes 0600).
+
         Args:
             save_dir: output directory (created).
             merge_lora: merge LoRA adapters into full weights (``llm/`` and ``encoder/`` become standalone models).
+
+        Raises:
+            OutputFileError: ``save_dir`` is a file.
         """
         out = Path(save_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        with _staged_model_dir(out) as stage:
+            contents = self._write_model_files(stage, merge_lora)
+        logger.info("saved the report generator to %s (%s)", out, contents)
+
+    def _write_model_files(self, out: Path, merge_lora: bool) -> dict[str, Any]:
+        """Write every part of the model directory into ``out`` (an empty folder); returns the contents record."""
         contents: dict[str, Any] = {"encoder": "base", "llm": "base", "encoder_lora": False, "llm_lora": False}
         modules: dict[str, torch.Tensor] = {}
         modules.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
@@ -1151,7 +1282,7 @@ class RadiologyReportGenerator(nn.Module):
             "vocab_size": len(self.tokenizer),
         }
         (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        logger.info("saved the report generator to %s (%s)", out, contents)
+        return contents
 
     def merge_and_save(self, save_dir: str | os.PathLike) -> None:
         """Save with LoRA merged: ``save_dir/llm`` is a standalone Hugging Face model directory (with tokenizer)."""
@@ -1175,36 +1306,42 @@ class RadiologyReportGenerator(nn.Module):
             trust_remote_code: override the saved setting.
             dtype: override the saved dtype setting.
 
+        Only safetensors weights are read (a pickle is refused, never unpickled).
+
         Raises:
-            ModelConfigError: not a model directory, or a base that cannot be found.
-            CheckpointMismatchError: a base whose fingerprint differs from the one the model was trained on.
+            ModelFileError: a missing, damaged or wrong kind of file in the directory (``generator.json`` missing,
+                not JSON or without its keys; ``modules.safetensors`` missing, truncated, corrupt or a pickle; a
+                ``llm/``, ``encoder/``, ``tokenizer/`` or LoRA folder that is missing or unloadable); the message
+                names the file and the reason.
+            ModelConfigError: a base that cannot be found.
+            CheckpointMismatchError: a base whose fingerprint differs from the one the model was trained on, or
+                saved weights that do not fit the rebuilt model.
         """
         root = Path(model_dir)
+        meta = _read_model_meta(root)
         meta_path = root / CONFIG_NAME
-        if not meta_path.is_file():
-            raise ModelConfigError(f"{root}: not a report generator directory (no {CONFIG_NAME})")
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelConfigError(f"{meta_path}: unreadable ({exc})") from exc
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ModelConfigError(f"{meta_path}: unsupported format version {meta.get('format_version')!r}")
-        config = GeneratorConfig.from_dict(meta["config"])
+            config = GeneratorConfig.from_dict(meta["config"])
+        except (ModelConfigError, TypeError, ValueError) as exc:
+            raise ModelFileError(meta_path, f"its 'config' is not a valid generator config ({exc})") from exc
         if trust_remote_code is not None:
             config.trust_remote_code = trust_remote_code
         if dtype is not None:
             config.dtype = dtype
         contents, bases = meta["contents"], meta.get("bases", {})
-        tokenizer = load_tokenizer(root / "tokenizer", config.trust_remote_code)
+        _check_model_files(root, contents)  # every saved part is there and well-formed before anything loads
+        tokenizer = _load_part(
+            root / "tokenizer", "tokenizer", lambda: load_tokenizer(root / "tokenizer", config.trust_remote_code)
+        )
         torch_dtype = _parse_dtype(config.dtype)
 
         # encoder
         if contents["encoder"] == "hf_dir":
-            encoder = build_encoder(
+            encoder = _load_part(root / "encoder", "vision encoder", lambda: build_encoder(
                 "hf", root / "encoder", image_size=config.image_size, feature=config.encoder_feature,
                 mean=config.image_mean, std=config.image_std, normalize=config.normalize_images,
                 trust_remote_code=config.trust_remote_code, dtype=torch_dtype,
-            )  # fmt: skip
+            ))  # fmt: skip
         elif contents["encoder"] == "modules":
             encoder = _build_encoder(config, None, torch_dtype)
         else:
@@ -1213,7 +1350,7 @@ class RadiologyReportGenerator(nn.Module):
 
         # language model
         if contents["llm"] == "hf_dir":
-            llm = load_causal_lm(root / "llm", trust_remote_code=config.trust_remote_code, dtype=torch_dtype)
+            llm = _load_saved_llm(root / "llm", config.trust_remote_code, torch_dtype)
         else:
             path = _resolve_base(root, "llm", llm_path, bases.get("llm", {}))
             llm = load_causal_lm(path, trust_remote_code=config.trust_remote_code, dtype=torch_dtype)
@@ -1221,9 +1358,7 @@ class RadiologyReportGenerator(nn.Module):
         _resize_embeddings(llm, len(tokenizer))
 
         fusion, projector = _build_head(config, encoder, llm)
-        from safetensors.torch import load_file
-
-        modules = load_file(str(root / MODULES_NAME))
+        modules = _read_safetensors(root / MODULES_NAME)
         for name, module in (("fusion", fusion), ("projector", projector)):
             _load_prefixed(module, modules, f"{name}.", root / MODULES_NAME)
         if contents["encoder"] == "modules":
@@ -1238,14 +1373,10 @@ class RadiologyReportGenerator(nn.Module):
             raise CheckpointMismatchError(f"{root}: the rebuilt model gives {model.num_image_tokens} visual prompts, "
                                           f"the checkpoint was trained with {meta['num_image_tokens']}")  # fmt: skip
         if contents.get("encoder_lora"):
-            from peft import PeftModel
-
             attr = model.encoder_backbone_name
-            setattr(encoder, attr, PeftModel.from_pretrained(getattr(encoder, attr), str(root / "encoder_lora")))
+            setattr(encoder, attr, _load_adapter(getattr(encoder, attr), root / "encoder_lora", "encoder"))
         if contents.get("llm_lora"):
-            from peft import PeftModel
-
-            model.llm = PeftModel.from_pretrained(model.llm, str(root / "llm_lora"))
+            model.llm = _load_adapter(model.llm, root / "llm_lora", "LLM")
         model.requires_grad_(False)
         if config.gradient_checkpointing:
             model.enable_gradient_checkpointing()
@@ -1343,3 +1474,311 @@ def _merged(module: nn.Module, active: bool) -> Iterator[None]:
         yield
     finally:
         module.unmerge_adapter()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model directory files: atomic saving, checked loading
+# ----------------------------------------------------------------------------------------------------------------
+
+# what save_pretrained writes; anything else in a model directory (training summaries, logs) is the user's and kept
+_MODEL_ENTRIES = (CONFIG_NAME, MODULES_NAME, "tokenizer", "encoder", "llm", "encoder_lora", "llm_lora")
+_ENCODER_CONTENTS = ("base", "hf_dir", "modules")
+_LLM_CONTENTS = ("base", "hf_dir")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
+
+
+def _apply_umask_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            apply_umask(path)
+
+
+@contextlib.contextmanager
+def _staged_model_dir(out: Path) -> Iterator[Path]:
+    """An empty hidden folder to write a model into; on success it replaces ``out``, on any error it is removed.
+
+    The folder is a sibling of ``out``, swapped in with two renames: the earlier model stays whole until the new one
+    is complete. Entries of the earlier ``out`` that are not model parts (:data:`_MODEL_ENTRIES`) move into the new
+    one. When the parent folder cannot be written, the folder is made inside ``out`` and each part replaces its old
+    one by a rename, ``generator.json`` last (removed first), so a directory is never half old and half new.
+    """
+    if out.is_symlink():
+        out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise OutputFileError(out, "is a file; a model is saved into a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file where a folder of the path should be
+        raise OutputFileError(out, f"its folder cannot be made ({exc.strerror or exc})") from exc
+    inside = False
+    try:  # a unique name (not only the pid): two threads saving the same model must not share a folder
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError:  # e.g. a read-only parent: stage inside the model directory
+        out.mkdir(exist_ok=True)
+        stage, inside = Path(tempfile.mkdtemp(prefix=".", suffix=".partial", dir=out)), True
+    old = stage.with_name(stage.name.removesuffix(".partial") + ".old")
+    try:
+        yield stage
+        _apply_umask_tree(stage)
+        apply_umask(stage, 0o777)  # mkdtemp makes it 0700
+        if inside:
+            _swap_entries(stage, out, old)
+        elif out.is_dir():
+            with contextlib.suppress(OSError):
+                shutil.copymode(out, stage)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            try:
+                os.replace(stage, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
+            kept = []  # the user's files beside the earlier model (training summary, logs) move to the new one
+            for entry in old.iterdir():
+                if entry.name not in _MODEL_ENTRIES:
+                    try:
+                        os.replace(entry, out / entry.name)
+                    except OSError as exc:
+                        kept.append(f"{entry.name} ({exc.strerror or exc})")
+            if kept:
+                logger.warning("saved the model to %s; could not move %s from the earlier model, left in %s", out,
+                               ", ".join(kept), old)  # fmt: skip
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _swap_entries(stage: Path, out: Path, old: Path) -> None:
+    """Move the model parts written in ``stage`` (inside ``out``) over those of ``out``, ``generator.json`` last."""
+    old.mkdir(exist_ok=True)
+    for name in (CONFIG_NAME, *(n for n in _MODEL_ENTRIES if n != CONFIG_NAME)):
+        if (out / name).exists() or (out / name).is_symlink():
+            os.replace(out / name, old / name)
+    for name in (*(n for n in _MODEL_ENTRIES if n != CONFIG_NAME), CONFIG_NAME):
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _read_model_meta(root: Path) -> dict[str, Any]:
+    """``generator.json``, checked: a JSON object of the supported format with a config and a contents record.
+
+    Raises:
+        ModelFileError: naming the directory or ``generator.json`` and the reason.
+    """
+    meta_path = root / CONFIG_NAME
+    if not root.is_dir():
+        raise ModelFileError(root, "not found" if not root.exists() else "is a file, not a report generator directory")
+    if not meta_path.is_file():
+        raise ModelFileError(meta_path, f"missing: {root} is not a report generator directory (no {CONFIG_NAME})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelFileError(meta_path, f"cannot be read ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(meta_path, f"is not JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ModelFileError(meta_path, f"holds a JSON {type(meta).__name__} where the model record (an object) is "
+                                        "expected")  # fmt: skip
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(meta_path, f"unsupported format version {meta.get('format_version')!r} (this version "
+                                        f"reads {FORMAT_VERSION})")  # fmt: skip
+    missing = [key for key in ("config", "contents") if key not in meta]
+    if missing:
+        raise ModelFileError(meta_path, f"lacks the key(s) {missing}")
+    contents = meta["contents"]
+    if not isinstance(meta["config"], dict):
+        raise ModelFileError(meta_path, "its 'config' is not an object")
+    if (
+        not isinstance(contents, dict)
+        or contents.get("encoder") not in _ENCODER_CONTENTS
+        or contents.get("llm") not in _LLM_CONTENTS
+        or not all(isinstance(contents.get(k, False), bool) for k in ("encoder_lora", "llm_lora"))
+    ):
+        raise ModelFileError(meta_path, f"its 'contents' record is malformed ({contents!r}): 'encoder' one of "
+                                        f"{_ENCODER_CONTENTS}, 'llm' one of {_LLM_CONTENTS}, 'encoder_lora' / "
+                                        "'llm_lora' true or false")  # fmt: skip
+    checks = (
+        ("bases", dict, {}),
+        ("trained", list, []),
+        ("num_image_tokens", int, 0),
+    )
+    for key, kind, default in checks:
+        if not isinstance(meta.get(key, default), kind) or isinstance(meta.get(key, default), bool):
+            raise ModelFileError(meta_path, f"its {key!r} is not a JSON {kind.__name__}")
+    return meta
+
+
+def _check_safetensors(path: Path) -> list[str]:
+    """Check that ``path`` is a complete safetensors file without reading its tensors; returns the tensor names.
+
+    Raises:
+        ModelFileError: missing, empty, truncated, corrupt or a pickle (the reason says which).
+    """
+    if not path.is_file():
+        pickles = [p.name for p in path.parent.glob(path.stem + ".*") if p.suffix in _PICKLE_SUFFIXES]
+        if pickles:
+            raise ModelFileError(path, f"missing; the folder holds pickled weights ({', '.join(pickles)}), which are "
+                                       "never loaded (a pickle can run code): save them as safetensors")  # fmt: skip
+        raise ModelFileError(path, "missing" if not path.exists() else "is not a file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            declared = int.from_bytes(head, "little") if len(head) == 8 else -1
+            raw = handle.read(declared) if 0 < declared <= min(size - 8, _MAX_HEADER_BYTES) else b""
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise ModelFileError(path, "is empty (0 bytes)")
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and not raw):
+        raise ModelFileError(path, "is a PyTorch pickle (torch.save), not safetensors; pickled weights are never "
+                                   "loaded (a pickle can run code)")  # fmt: skip
+    if not raw:
+        raise ModelFileError(path, f"is not a safetensors file, or is truncated: its first 8 bytes declare a header "
+                                   f"of {declared} bytes, the file has {size}")  # fmt: skip
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(path, f"is not a safetensors file, or is corrupt: its header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ModelFileError(path, "is not a safetensors file: its header is not a JSON object")
+    end, names = 0, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise ModelFileError(path, f"is corrupt: the header entry of tensor {name!r} has no data offsets")
+        end = max(end, offsets[1])
+        names.append(name)
+    expected = 8 + declared + end
+    if size < expected:
+        raise ModelFileError(path, f"is truncated: {size} of its {expected} bytes")
+    return names
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checked safetensors file (never a pickle)."""
+    from safetensors.torch import load_file
+
+    _check_safetensors(path)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors' own error types (SafetensorError, OSError ...)
+        raise ModelFileError(path, f"cannot be read as safetensors ({exc})") from exc
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelFileError(path, f"missing: the {what} has no {path.name}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(path, f"is not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelFileError(path, f"holds a JSON {type(data).__name__} where an object is expected")
+    return data
+
+
+def _check_hf_dir(folder: Path, what: str) -> None:
+    """A Hugging Face model folder of a model directory: a ``config.json`` with a model type and safetensors weights.
+
+    Raises:
+        ModelFileError: naming the folder or the file and the reason.
+    """
+    if not folder.is_dir():
+        raise ModelFileError(folder, f"missing: {CONFIG_NAME} says the {what} was saved here")
+    config = _read_json_object(folder / "config.json", what)
+    if not config.get("model_type"):
+        raise ModelFileError(folder / "config.json", "has no 'model_type'")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json_object(index, what).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelFileError(index, "has no 'weight_map'")
+        for shard in sorted(set(map(str, weight_map.values()))):
+            _check_safetensors(folder / shard)
+    else:
+        _check_safetensors(folder / "model.safetensors")
+
+
+def _check_adapter_dir(folder: Path, what: str) -> list[str]:
+    """A peft LoRA folder: ``adapter_config.json`` and a safetensors ``adapter_model``; returns its tensor names."""
+    if not folder.is_dir():
+        raise ModelFileError(folder, f"missing: {CONFIG_NAME} says the {what}'s LoRA adapter was saved here")
+    config = _read_json_object(folder / "adapter_config.json", f"{what} LoRA adapter")
+    if not config.get("peft_type"):
+        raise ModelFileError(folder / "adapter_config.json", "has no 'peft_type' (not a peft adapter config)")
+    return _check_safetensors(folder / "adapter_model.safetensors")
+
+
+def _check_model_files(root: Path, contents: dict[str, Any]) -> None:
+    """Every part ``contents`` names is present and well-formed (cheap: headers only), before anything loads."""
+    if not (root / "tokenizer").is_dir():
+        raise ModelFileError(root / "tokenizer", "missing: the model's tokenizer folder")
+    _check_safetensors(root / MODULES_NAME)
+    if contents["encoder"] == "hf_dir":
+        _check_hf_dir(root / "encoder", "vision encoder")
+    if contents["llm"] == "hf_dir":
+        _check_hf_dir(root / "llm", "LLM")
+    if contents.get("encoder_lora"):
+        _check_adapter_dir(root / "encoder_lora", "encoder")
+    if contents.get("llm_lora"):
+        _check_adapter_dir(root / "llm_lora", "LLM")
+
+
+def _load_part(folder: Path, what: str, load: Any) -> Any:
+    """``load()``, with any failure but one of our own typed errors raised as a ModelFileError naming ``folder``."""
+    from monai_r2gen.errors import R2GenError
+
+    try:
+        return load()
+    except R2GenError as exc:
+        if not isinstance(exc, ModelConfigError):
+            raise
+        raise ModelFileError(folder, f"cannot be loaded as the {what} ({exc})") from exc
+    except Exception as exc:  # the loaders' own errors (OSError, ValueError, tokenizers' bare Exception ...)
+        raise ModelFileError(folder, f"cannot be loaded as the {what} ({type(exc).__name__}: {exc})") from exc
+
+
+def _load_saved_llm(folder: Path, trust_remote_code: bool, dtype: torch.dtype | None) -> nn.Module:
+    """The ``llm/`` folder of a model directory: safetensors only, and every weight of the model present."""
+    from transformers import AutoModelForCausalLM
+
+    def _load() -> tuple[nn.Module, dict[str, Any]]:
+        return AutoModelForCausalLM.from_pretrained(
+            os.fspath(folder), local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype,
+            use_safetensors=True, output_loading_info=True,
+        )  # fmt: skip
+
+    llm, info = _load_part(folder, "LLM", _load)
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = info.get("mismatched_keys") or []
+    if missing or mismatched:
+        problems = ([f"{len(missing)} missing (e.g. {missing[:3]})"] if missing else []) + (
+            [f"{len(mismatched)} of another shape"] if mismatched else [])  # fmt: skip
+        raise ModelFileError(folder, f"its weights do not make the model its config.json describes: "
+                                     f"{', '.join(problems)}")  # fmt: skip
+    return llm
+
+
+def _load_adapter(model: nn.Module, folder: Path, what: str) -> nn.Module:
+    """A peft LoRA folder of a model directory on ``model``; every adapter weight the model gets must be in the file."""
+    from peft import PeftModel
+
+    saved = _check_adapter_dir(folder, what)
+    wrapped = _load_part(folder, f"{what}'s LoRA adapter", lambda: PeftModel.from_pretrained(model, str(folder)))
+    expected = sum(1 for name, _ in wrapped.named_parameters() if "lora_" in name)
+    if len(saved) < expected:
+        raise ModelFileError(folder / "adapter_model.safetensors", f"holds {len(saved)} of the {expected} LoRA weights "
+                                                                   "its adapter_config.json asks for")  # fmt: skip
+    return wrapped

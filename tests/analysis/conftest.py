@@ -21,8 +21,9 @@ def phantom_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("phantoms")
     prevalence = {"pleural_effusion": 0.6, "cardiomegaly": 0.5, "pneumothorax": 0.3, "consolidation": 0.3}
-    generate_dataset(out, 12, seed=3, image_size=IMAGE_SIZE, formats=("png",), prevalence=prevalence,
-                     splits=(0.5, 0.0, 0.5))
+    generate_dataset(
+        out, 12, seed=3, image_size=IMAGE_SIZE, formats=("png",), prevalence=prevalence, splits=(0.5, 0.0, 0.5)
+    )
     return out
 
 

@@ -50,7 +50,10 @@ def test_variants_follow_the_bundle_recipe():
     train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
     config = embedded_default_config()  # what the ablation builds
     assert (config.max_length, config.image_size, config.num_queries) == (
-        train["max_length"], train["image_size"], train["network_config"]["num_queries"])
+        train["max_length"],
+        train["image_size"],
+        train["network_config"]["num_queries"],
+    )
     for stage in variant_stages("full"):
         bundle = train[stage["name"]]
         assert stage["max_iterations"] == bundle["max_iterations"] and stage["batch_size"] == bundle["batch_size"]
@@ -58,12 +61,19 @@ def test_variants_follow_the_bundle_recipe():
             assert stage.get(key, 0.0) == pytest.approx(bundle.get(key, 0.0)), (stage["name"], key)
         if "lora" in stage:
             assert {k: stage["lora"][k] for k in ("r", "alpha", "target_modules")} == {
-                k: bundle["lora"][k] for k in ("r", "alpha", "target_modules")}
+                k: bundle["lora"][k] for k in ("r", "alpha", "target_modules")
+            }
 
 
 def test_table_means_over_seeds():
-    runs = [{"variant": "full", "seed": s, "scores": {"CE-14 micro-F1": v, "CE-14 macro-F1": None,
-                                                       "BLEU-4": 0.1, "CIDEr": 0.2}} for s, v in ((0, 0.9), (1, 0.7))]
+    runs = [
+        {
+            "variant": "full",
+            "seed": s,
+            "scores": {"CE-14 micro-F1": v, "CE-14 macro-F1": None, "BLEU-4": 0.1, "CIDEr": 0.2},
+        }
+        for s, v in ((0, 0.9), (1, 0.7))
+    ]
     table = ablation_table(runs)
     assert "| full | 0, 1 | 0.800 (0.900 / 0.700) | n/a | 0.100 (0.100 / 0.100) |" in table
 

@@ -43,5 +43,13 @@ def test_grounding_counts_only_present_findings():
     assert rows[0]["inside"] == pytest.approx(1.0) and rows[0]["ratio"] == pytest.approx(16.0)
     assert rows[1]["inside"] == 0.0
     summary = summarize_grounding(rows)
-    assert summary == [{"kind": "pleural_effusion", "words": 2, "inside_mean": 0.5, "area_mean": 0.0625,
-                        "ratio_mean": 8.0, "above_chance": 0.5}]
+    assert summary == [
+        {
+            "kind": "pleural_effusion",
+            "words": 2,
+            "inside_mean": 0.5,
+            "area_mean": 0.0625,
+            "ratio_mean": 8.0,
+            "above_chance": 0.5,
+        }
+    ]

@@ -17,8 +17,9 @@ def test_colormap_ends_and_shape():
 
 
 def test_histogram_writes_png(tmp_path):
-    path = histogram_png(tmp_path / "sub" / "h.png", {"a": np.random.rand(50), "b": [2.0, 3.0], "empty": []},
-                         title="t", xlabel="x")
+    path = histogram_png(
+        tmp_path / "sub" / "h.png", {"a": np.random.rand(50), "b": [2.0, 3.0], "empty": []}, title="t", xlabel="x"
+    )
     with Image.open(path) as png:
         assert png.format == "PNG" and png.size == (640, 400)
         pixels = np.asarray(png.convert("RGB"))

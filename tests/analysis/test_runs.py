@@ -10,8 +10,9 @@ from monai_r2gen.analysis.runs import analyze_attention, analyze_prompts
 
 
 def test_analyze_prompts_writes_table_and_histograms(saved_model_dir, phantom_dir, tmp_path):
-    result = analyze_prompts(saved_model_dir, phantom_dir / "annotation.json", tmp_path, max_studies=4,
-                             compare=[saved_model_dir])
+    result = analyze_prompts(
+        saved_model_dir, phantom_dir / "annotation.json", tmp_path, max_studies=4, compare=[saved_model_dir]
+    )
     assert len(result["rows"]) == 2 and result["rows"][0]["studies"] == 4
     assert result["rows"][0]["prompt_norm_mean"] == result["rows"][1]["prompt_norm_mean"]  # same model twice
     for key in ("norms", "max_cosine"):
@@ -27,8 +28,9 @@ def test_analyze_prompts_on_the_embedded_default(phantom_dir, tmp_path):
 
 def test_analyze_attention_with_reference_reports_and_boxes(saved_model_dir, phantom_dir, tmp_path):
     wanted = ["effusion", "pneumothorax", "enlarged", "heart", "no"]
-    result = analyze_attention(saved_model_dir, phantom_dir / "annotation.json", tmp_path, max_studies=3,
-                               reports="reference", words=wanted)
+    result = analyze_attention(
+        saved_model_dir, phantom_dir / "annotation.json", tmp_path, max_studies=3, reports="reference", words=wanted
+    )
     record = json.loads((tmp_path / "attention.json").read_text())
     assert len(record["share_matrix"]) == 1 and len(record["share_matrix"][0]) == 2
     assert 0 < result["summary"]["visual_share_mean"] < 1
@@ -44,8 +46,9 @@ def test_analyze_attention_with_reference_reports_and_boxes(saved_model_dir, pha
 
 
 def test_analyze_attention_generated_with_word_filter(saved_model_dir, phantom_dir, tmp_path):
-    result = analyze_attention(saved_model_dir, phantom_dir / "annotation.json", tmp_path, max_studies=2,
-                               max_new_tokens=4, words=["zzz-never"])
+    result = analyze_attention(
+        saved_model_dir, phantom_dir / "annotation.json", tmp_path, max_studies=2, max_new_tokens=4, words=["zzz-never"]
+    )
     assert result["summary"]["source"] == "generated"
     assert not list((tmp_path / "overlays").rglob("*.png"))
 
@@ -60,8 +63,15 @@ def test_analyze_prompts_per_stage(saved_model_dir, phantom_dir, tmp_path):
     stage.mkdir(parents=True)
     moved = {"projector.out_norm.weight": model.projector.out_norm.weight.detach() * 2.0}
     save_file(moved, str(stage / "trainable.safetensors"))
-    result = analyze_prompts(saved_model_dir, phantom_dir / "annotation.json", tmp_path / "out", max_studies=2,
-                             run_dir=tmp_path / "run", stages=["stage1"], compare=[saved_model_dir])
+    result = analyze_prompts(
+        saved_model_dir,
+        phantom_dir / "annotation.json",
+        tmp_path / "out",
+        max_studies=2,
+        run_dir=tmp_path / "run",
+        stages=["stage1"],
+        compare=[saved_model_dir],
+    )
     assert [r["name"] for r in result["rows"]] == ["stage1", "tiny"]
     first, second = (r["prompt_norm_mean"] for r in result["rows"])
     assert abs(first - 2.0 * second) < 1e-3 * first  # the stage's weights were used (LayerNorm gain doubled)

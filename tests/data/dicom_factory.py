@@ -116,3 +116,45 @@ def save_pil(path: Path, arr: np.ndarray, fmt: str) -> Path:
     """Save ``arr`` with Pillow (uint16 arrays become mode I;16, uint8 L or RGB)."""
     Image.fromarray(arr).save(path, format=fmt)
     return path
+
+
+def deflated_dicom(path: Path, rows: int, cols: int, pixel_length: int, zero_bytes: int, **kwargs) -> Path:
+    """A Deflated Explicit VR Little Endian file declaring ``rows`` x ``cols`` 16-bit pixels whose Pixel Data element
+    declares ``pixel_length`` bytes and holds ``zero_bytes`` zeros (deflated in 1 MiB chunks: nothing large is ever
+    allocated, and the file stays small). With ``zero_bytes < pixel_length`` the data end early, as a bomb's may."""
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = make_radiograph_dataset(chest_like(64, 64), **kwargs)
+    ds.Rows, ds.Columns = int(rows), int(cols)
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    write_dataset(ds, path)
+    raw = path.read_bytes()
+    meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")  # (0002,0000) group length, explicit VR
+    body = zlib.decompress(raw[meta_end:], -zlib.MAX_WBITS)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [packer.compress(body + b"\xe0\x7f\x10\x00OW\x00\x00" + int(pixel_length).to_bytes(4, "little"))]
+    chunk = bytes(1 << 20)
+    left = int(zero_bytes)
+    while left > 0:
+        parts.append(packer.compress(chunk[: min(left, len(chunk))]))
+        left -= len(chunk)
+    parts.append(packer.flush())
+    path.write_bytes(raw[:meta_end] + b"".join(parts))
+    return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` 8-bit gray pixels, with a token IDAT (never decodable)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", int(width), int(height), 8, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(4096)))
+    path.write_bytes(data + chunk(b"IEND", b""))
+    return path

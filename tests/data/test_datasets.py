@@ -136,7 +136,7 @@ def test_read_jsonl_and_csv_manifests(tmp_path: Path):
     ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     (tmp_path / "m.csv").write_text(
-        'id,image_paths,report,split,site\na,a/pa.png; a/lat.png,Lungs are clear.,train,\n'
+        "id,image_paths,report,split,site\na,a/pa.png; a/lat.png,Lungs are clear.,train,\n"
         'b,/abs/b/pa.dcm,"Small effusion, left.",test,x\n'
     )
     jsonl = read_manifest(tmp_path / "m.jsonl")
@@ -153,7 +153,7 @@ def test_read_jsonl_and_csv_manifests(tmp_path: Path):
 
 def test_csv_multiline_reports_and_relative_image_root(tmp_path: Path, monkeypatch):
     (tmp_path / "m.csv").write_text(
-        'id,image_paths,report,split\n'
+        "id,image_paths,report,split\n"
         's1,pa.png,"FINDINGS:\n Lungs are clear.\n\n IMPRESSION:\n Normal.",train\n'
         's2,pa2.png,"Line one,\nline two \u2028 with a line separator.",train\n',
         encoding="utf-8",
@@ -402,7 +402,7 @@ def test_real_load_study_views_pipeline(iu_dir: Path, tokenizer, tmp_path: Path,
     corrupt = iu_dir / "images" / "CXR102_IM-2002" / "1.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     transform = Compose([
-        LoadStudyViewsd("image", spatial_size=SIZE, max_views=3),
+        LoadStudyViewsd("image", spatial_size=SIZE, max_views=3, accept_nonstandard=True),
         TokenizeReportd(tokenizer=tokenizer, num_image_tokens=K, max_length=256),
     ])  # fmt: skip
     kwargs = {"cache_dir": tmp_path / "persistent"} if cache == "persistent" else {}

@@ -304,8 +304,8 @@ def _good_bytes(tmp_path) -> bytes:
     [
         ("missing.dcm", None, "not found"),
         ("empty.dcm", lambda p, tmp: p.write_bytes(b""), "empty file"),
-        ("cut_pixels.dcm", lambda p, tmp: p.write_bytes(_good_bytes(tmp)[:-200]), "could not decode pixel data"),
-        ("cut_header.dcm", lambda p, tmp: p.write_bytes(_good_bytes(tmp)[:300]), "no pixel data"),
+        ("cut_pixels.dcm", lambda p, tmp: p.write_bytes(_good_bytes(tmp)[:-200]), "truncated file (1,400 bytes): pix"),
+        ("cut_header.dcm", lambda p, tmp: p.write_bytes(_good_bytes(tmp)[:300]), "truncated file (300 bytes)"),
         ("report.dcm", lambda p, tmp: write_dataset(text_sr_dataset(), p), "Basic Text SR"),
         ("notes.dcm", lambda p, tmp: p.write_text("not a DICOM file\n" * 20), "not a DICOM file"),
     ],
@@ -321,10 +321,13 @@ def test_bad_dicom_files(tmp_path, name, make, reason):
 
 
 def test_decoder_error_is_chained(tmp_path):
-    path = tmp_path / "cut.dcm"
-    path.write_bytes(_good_bytes(tmp_path)[:-200])
-    with pytest.raises(RadiographReadError) as info:
-        read_dicom_pixels(path)
+    ds = make_radiograph_dataset(chest_like(16, 16, bits=8), bits_stored=8)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0 not a JPEG stream \xff\xd9"])  # complete file, corrupt JPEG
+    ds["PixelData"].VR = "OB"
+    write_dataset(ds, tmp_path / "corrupt_jpeg.dcm")
+    with pytest.raises(RadiographReadError, match="could not decode pixel data") as info:
+        read_dicom_pixels(tmp_path / "corrupt_jpeg.dcm")
     assert info.value.__cause__ is not None  # raise ... from the decoder's exception
 
 
@@ -366,4 +369,3 @@ def test_non_image_sop_class_is_named(tmp_path):
     write_dataset(ds, tmp_path / "ct.dcm")
     with pytest.raises(RadiographReadError, match="CT Image Storage"):
         read_dicom_pixels(tmp_path / "ct.dcm")
-

@@ -52,8 +52,9 @@ def _annotation(root: Path) -> list[dict]:
 def _pair(kind: str, index: int, seed: int = 11, noise: bool = True, **kwargs):
     """The same patient rendered with ``kind`` and without any finding."""
     with_f = render_study(seed, index, image_size=SIZE, findings=[kind], noise=noise, lateral=True, **kwargs)
-    without = render_study(seed, index, image_size=SIZE, findings=[], noise=noise, lateral=True,
-                           projection=with_f.views[0].projection)
+    without = render_study(
+        seed, index, image_size=SIZE, findings=[], noise=noise, lateral=True, projection=with_f.views[0].projection
+    )
     return with_f, without
 
 
@@ -171,12 +172,14 @@ def test_files_load_through_loader_and_report_dataset(dataset_dir: Path) -> None
     img = loaded["dcm"][0].numpy()
     rows = slice(SIZE // 3, SIZE // 2)
     assert img[rows, SIZE // 2 - 2 : SIZE // 2 + 2].mean() > img[rows, 20:30].mean() + 0.2
-    ds = ReportDataset(dataset_dir / "annotation.json", split="train",
-                       transform=LoadStudyViewsd(keys="image", spatial_size=SIZE))
+    ds = ReportDataset(
+        dataset_dir / "annotation.json", split="train", transform=LoadStudyViewsd(keys="image", spatial_size=SIZE)
+    )
     item = ds[0]
     assert item["image"].shape == (2, 1, SIZE, SIZE) and item["report"]
-    assert item["view_mask"].sum() == len(next(e for e in _annotation(dataset_dir) if e["id"] == item["id"])[
-        "image_path"])
+    assert item["view_mask"].sum() == len(
+        next(e for e in _annotation(dataset_dir) if e["id"] == item["id"])["image_path"]
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -260,8 +263,9 @@ def test_pneumothorax_darkens_and_removes_lung_markings() -> None:
         images = []
         for seed in (with_f.anatomy.seed, with_f.anatomy.seed + 1):
             anat = dataclasses.replace(with_f.anatomy, seed=seed)
-            scene = frontal_scene(anat, SIZE, with_f.views[0].projection, heart_ctr_of(with_f.findings),
-                                  rib_break_of(with_f.findings))
+            scene = frontal_scene(
+                anat, SIZE, with_f.views[0].projection, heart_ctr_of(with_f.findings), rib_break_of(with_f.findings)
+            )
             apply_finding(finding, scene)
             images.append(compose(scene, {"gain": 1.5, "gamma": 1.0, "noise": 0.0}, None))
         texture = np.abs(images[0] - images[1])

@@ -72,8 +72,10 @@ def test_paraphrase_ceiling_of_the_phantom_reports(phantoms) -> None:
     ceiling = paraphrase_ceiling(phantoms["findings_file"], phantoms["ids"], refs, nlg_metrics=NO_JAVA)
     mean, per_seed = ceiling["mean"], ceiling["per_seed"]
     seeds = ", ".join(f"{s}: {v['BLEU-4']:.4f}" for s, v in per_seed.items())
-    print(f"paraphrase ceiling on {N_TEST} phantom test studies: BLEU-4 {mean['BLEU-4']:.4f} (seeds {seeds}), "
-          f"CIDEr {mean['CIDEr']:.3f}")
+    print(
+        f"paraphrase ceiling on {N_TEST} phantom test studies: BLEU-4 {mean['BLEU-4']:.4f} (seeds {seeds}), "
+        f"CIDEr {mean['CIDEr']:.3f}"
+    )
     assert ceiling["seeds"] == [1, 2, 3] and set(per_seed) == {1, 2, 3}
     assert 0.2 < mean["BLEU-4"] < 0.6
     assert all(0.2 < v["BLEU-4"] < 0.6 for v in per_seed.values())

@@ -63,7 +63,7 @@ def test_load_rg1_metatensor(rg1_uncompressed):
 
 def test_dicom_meta_and_spacing(tmp_path):
     path = write_dicom(
-        tmp_path / "a.dcm", chest_like(12, 10), pixel_spacing=(0.2, 0.25), laterality="R", view_position="LL"
+        tmp_path / "a.dcm", chest_like(48, 40), pixel_spacing=(0.2, 0.25), laterality="R", view_position="LL"
     )
     img = LoadRadiograph()(path)
     assert img.meta["pixel_spacing"] == (0.2, 0.25) and img.meta["imager_pixel_spacing"] == (0.2, 0.25)
@@ -73,16 +73,16 @@ def test_dicom_meta_and_spacing(tmp_path):
 
 
 def test_png_8bit_gray_exact_and_orientation(tmp_path):
-    arr = _corner_image(30, 20)
+    arr = _corner_image(48, 32)
     img = LoadRadiograph()(save_pil(tmp_path / "g.png", arr, "PNG"))
-    assert img.shape == (1, 30, 20)  # rows = height
+    assert img.shape == (1, 48, 32)  # rows = height
     np.testing.assert_allclose(img[0].numpy(), arr / 255.0, atol=1e-6)
     assert float(img[0, 0, 0]) == 1.0 and float(img[0, -1, -1]) < 0.2
     assert img.meta["photometric_interpretation"] == "MONOCHROME2" and img.meta["bits_stored"] == 8
 
 
 def test_png_16bit(tmp_path):
-    arr = _corner_image(24, 16, np.uint16)
+    arr = _corner_image(48, 32, np.uint16)
     arr[-1, -1] = 1234
     path = save_pil(tmp_path / "g16.png", arr, "PNG")
     assert Image.open(path).mode.startswith("I")
@@ -99,8 +99,9 @@ def test_png_rgb_to_gray(tmp_path):
     rgb[0, 1] = (0, 255, 0)
     rgb[0, 2] = (0, 0, 255)
     rgb[1, :] = (255, 255, 255)
-    img = LoadRadiograph()(save_pil(tmp_path / "c.png", rgb, "PNG"))
+    img = LoadRadiograph(accept_nonstandard=True)(save_pil(tmp_path / "c.png", rgb, "PNG"))  # 2 x 3: too small
     assert img.shape == (1, 2, 3) and img.meta["photometric_interpretation"] == "RGB"
+    assert "too small" in img.meta["nonstandard"]
     np.testing.assert_allclose(img[0].numpy(), [[0.299, 0.587, 0.114], [1, 1, 1]], atol=1e-4)
 
 
@@ -113,7 +114,7 @@ def test_jpeg(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_tiff(tmp_path, dtype):
-    arr = _corner_image(20, 28, dtype)
+    arr = _corner_image(40, 36, dtype)
     img = LoadRadiograph()(save_pil(tmp_path / "x.tif", arr, "TIFF"))
     np.testing.assert_allclose(img[0].numpy(), arr / float(np.iinfo(dtype).max), atol=1e-6)
 
@@ -124,12 +125,12 @@ def test_multipage_tiff_rejected_or_selected(tmp_path):
     pages[0].save(path, save_all=True, append_images=pages[1:])
     with pytest.raises(MultiFrameError, match=r"pages\.tif"):
         LoadRadiograph()(path)
-    second = LoadRadiograph(frame=1)(path)
+    second = LoadRadiograph(frame=1, accept_nonstandard=True)(path)  # 8 x 6 and constant: non-standard
     np.testing.assert_allclose(second.numpy(), 200 / 255.0, atol=1e-6)
 
 
 def test_dicom_without_preamble(tmp_path):
-    path = write_dicom(tmp_path / "x.dcm", chest_like(6, 6))
+    path = write_dicom(tmp_path / "x.dcm", chest_like(40, 36))
     bare = tmp_path / "bare.dcm"
     bare.write_bytes(path.read_bytes()[132:])  # drop preamble + DICM; starts with the (0002,xxxx) group
     np.testing.assert_array_equal(LoadRadiograph()(bare).numpy(), LoadRadiograph()(path).numpy())
@@ -172,12 +173,12 @@ def test_load_radiograph_rejects_bad_options():
 
 
 def test_load_radiographd_keys_and_missing(tmp_path):
-    a = save_pil(tmp_path / "a.png", _corner_image(10, 8), "PNG")
-    b = save_pil(tmp_path / "b.png", _corner_image(6, 12), "PNG")
+    a = save_pil(tmp_path / "a.png", _corner_image(40, 32), "PNG")
+    b = save_pil(tmp_path / "b.png", _corner_image(36, 48), "PNG")
     out = LoadRadiographd(keys=["image", "other"])({"image": a, "other": b, "report": "text"})
-    assert out["image"].shape == (1, 10, 8) and out["other"].shape == (1, 6, 12) and out["report"] == "text"
+    assert out["image"].shape == (1, 40, 32) and out["other"].shape == (1, 36, 48) and out["report"] == "text"
     out = LoadRadiographd(keys=["image", "other"], allow_missing_keys=True)({"image": a})
-    assert out["image"].shape == (1, 10, 8) and "other" not in out
+    assert out["image"].shape == (1, 40, 32) and "other" not in out
     with pytest.raises(KeyError):
         LoadRadiographd(keys=["image", "other"])({"image": a})
 
@@ -283,8 +284,8 @@ def test_rand_augment_view_stack_and_compose():
 
 @pytest.fixture
 def view_files(tmp_path):
-    paths = [write_dicom(tmp_path / "v0.dcm", chest_like(40, 30), view_position="PA")]
-    paths += [save_pil(tmp_path / f"v{i}.png", _corner_image(20 + 4 * i, 24), "PNG") for i in range(1, 5)]
+    paths = [write_dicom(tmp_path / "v0.dcm", chest_like(40, 36), view_position="PA")]
+    paths += [save_pil(tmp_path / f"v{i}.png", _corner_image(32 + 4 * i, 36), "PNG") for i in range(1, 5)]
     return [str(p) for p in paths]
 
 

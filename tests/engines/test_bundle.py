@@ -140,8 +140,17 @@ def test_inference_on_a_dicom_and_a_png(trained_bundle: Path, rg1_uncompressed: 
     shutil.copy(rg1_uncompressed, inputs / "dicom_study" / "view1.dcm")
     shutil.copy(png, inputs / "frontal.png")
     out = tmp_path / "reports"
-    _bundle("inference", [CONFIGS / "inference.yaml"], root, "--input_path",
-            f"['{inputs / 'dicom_study'}','{inputs / 'frontal.png'}']", "--output_dir", str(out), "--device", "cpu")
+    _bundle(
+        "inference",
+        [CONFIGS / "inference.yaml"],
+        root,
+        "--input_path",
+        f"['{inputs / 'dicom_study'}','{inputs / 'frontal.png'}']",
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+    )
     rows = [json.loads(line) for line in (out / "reports.jsonl").read_text().splitlines()]
     import pydicom
 
@@ -165,7 +174,9 @@ def test_multi_gpu_train_with_two_cpu_processes(tmp_path: Path) -> None:
     tiny["stage2"] = {**tiny["stage2"], "max_iterations": 2, "batch_size": 4, "validate": False}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     _bundle(
-        "training", [CONFIGS / "train.yaml", tmp_path / "tiny.yaml", CONFIGS / "multi_gpu_train.yaml"], tmp_path,
+        "training",
+        [CONFIGS / "train.yaml", tmp_path / "tiny.yaml", CONFIGS / "multi_gpu_train.yaml"],
+        tmp_path,
         launcher=[torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"],
     )
     model = tmp_path / "models" / "report_generator"

@@ -114,3 +114,16 @@ def test_unknown_stage_and_encoder_mode(tokenizer_dir):
         StagePreset("x", "half", True, "frozen", False, "")
     custom = StagePreset("projector_and_lm", "frozen", True, "full", False, "custom")
     assert apply_stage(model, custom)["stage"] == "projector_and_lm"
+
+
+def test_stage2_records_lora_targets_and_refuses_targets_that_match_nothing(tokenizer_dir):
+    from monai_r2gen.errors import ModelConfigError
+
+    model = _model(tokenizer_dir)
+    assert apply_stage(model, "stage2")["llm_lora_targets"] == ["q_proj", "v_proj"]  # the Llama defaults
+    odd = RadiologyReportGenerator.from_config(
+        tiny_config(tokenizer_path=str(tokenizer_dir), llm_lora_target_modules=["c_attn"])
+    )
+    with pytest.raises(ModelConfigError, match=r"'llama' LLM; its Linear / Conv1D layers are named \['down_proj'"):
+        apply_stage(odd, "stage2")
+    assert not odd.has_llm_lora and "llm_lora_targets" not in apply_stage(odd, "stage1")

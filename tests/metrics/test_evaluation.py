@@ -60,7 +60,8 @@ def test_scores_match_direct_calls_and_json_is_written(tmp_path: Path) -> None:
     settings = result["settings"]
     assert settings["num_reports"] == 3 and settings["split"] == "test"
     assert settings["nlg"] == {
-        "scorer": "pycocoevalcap", "clean_style": "mimic_cxr", "tokenize": "simple", "references_truncated": False,
+        "scorer": "pycocoevalcap", "clean_style": "mimic_cxr", "cleaned": "both sides", "tokenize": "simple",
+        "max_report_chars": 20000, "references_truncated": 0, "hypotheses_truncated": 0,
     }  # fmt: skip
     assert settings["ce"]["uncertain"] == "negative"
     assert json.loads(out.read_text()) == result
@@ -149,8 +150,10 @@ def test_chexbert_scores_are_added_when_a_checkpoint_is_given(tmp_path: Path) ->
 
 FINDINGS = {
     "s1": [],
-    "s2": [{"kind": "cardiomegaly", "severity": "mild"}, {"kind": "pleural_effusion", "side": "left",
-                                                          "severity": "small"}],
+    "s2": [
+        {"kind": "cardiomegaly", "severity": "mild"},
+        {"kind": "pleural_effusion", "side": "left", "severity": "small"},
+    ],
     "s3": [{"kind": "support_devices"}],
 }
 
@@ -177,7 +180,11 @@ def test_finding_attributes_are_added_when_a_findings_file_is_given(tmp_path: Pa
     table = format_score_table(result)
     assert "finding attributes" in table
     assert next(line for line in table.splitlines() if line.startswith("pleural_effusion")).split()[:4] == [
-        "pleural_effusion", "1", "1.000", "0.000"]
+        "pleural_effusion",
+        "1",
+        "1.000",
+        "0.000",
+    ]
     assert "attr/" not in table  # the flat attr/ keys are shown as the table, not repeated one per line
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from monai_r2gen.data.datasets import ReportCollate
 from monai_r2gen.data.reports import IGNORE_INDEX, TokenizeReportd
 from monai_r2gen.engines.stages import apply_stage
-from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError
+from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError, ModelFileError
 from monai_r2gen.networks.factory import build_generator, embedded_default_config
 from monai_r2gen.networks.generator import (
     GeneratorConfig,
@@ -420,7 +420,7 @@ def test_config_round_trip_and_errors(tmp_path, reports):
         build_generator(tiny_config())
     model = build_generator(tiny_config().to_dict(), corpus=reports)
     assert model.tokenizer.convert_tokens_to_ids("<image>") == model.image_token_id
-    with pytest.raises(ModelConfigError, match="no generator.json"):
+    with pytest.raises(ModelFileError, match="no generator.json"):
         RadiologyReportGenerator.from_pretrained(tmp_path)
 
 

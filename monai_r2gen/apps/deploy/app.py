@@ -58,8 +58,9 @@ class R2GenReportApp(Application):
             self,
             output_folder=output_folder,
             model_info=ModelInfo(creator="monai-r2gen"),
-            equipment_info=EquipmentInfo(manufacturer="monai-r2gen", manufacturer_model="monai-r2gen report app",
-                                         software_version_number=VERSION),  # fmt: skip
+            equipment_info=EquipmentInfo(
+                manufacturer="monai-r2gen", manufacturer_model="monai-r2gen report app", software_version_number=VERSION
+            ),  # fmt: skip
             copy_tags=True,
             name="sr_writer",
         )

@@ -18,7 +18,15 @@ import numpy as np
 from monai_r2gen.data.synthetic.geometry import F32, Canvas, bump, resize_bilinear, smoothstep, value_noise
 
 __all__ = [
-    "Anatomy", "RibBreak", "Scene", "RIGHT", "LEFT", "sample_anatomy", "lung_shape", "frontal_scene", "lateral_scene",
+    "Anatomy",
+    "RibBreak",
+    "Scene",
+    "RIGHT",
+    "LEFT",
+    "sample_anatomy",
+    "lung_shape",
+    "frontal_scene",
+    "lateral_scene",
     "compose",
 ]
 
@@ -103,8 +111,9 @@ class Anatomy:
     def costophrenic_point(self, side: int) -> tuple[float, float]:
         """``(u, v)`` of the costophrenic angle on a frontal view."""
         w = self.width(side)
-        return side * (w - 0.012), self.dome_top(side) + self.cp_drop * ((w - 0.012 - self.dome_peak * w) /
-                                                                         (w - self.dome_peak * w)) ** 2
+        return side * (w - 0.012), self.dome_top(side) + self.cp_drop * (
+            (w - 0.012 - self.dome_peak * w) / (w - self.dome_peak * w)
+        ) ** 2
 
     def heart_shape(self, ctr: float, projection: str = "PA") -> tuple[float, float, float, float, float]:
         """Rotated ellipse ``(centre u, centre v, semi-axis A, semi-axis B, tilt)`` of the cardiac silhouette with
@@ -178,8 +187,12 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         bubble=_u(rng, 0.6, 1.0) if rng.random() < 0.75 else 0.0,
         marking_gain=_u(rng, 0.8, 1.2),
         pose_frontal=(0.5 + _u(rng, -0.025, 0.025), 0.5 + _u(rng, 0.0, 0.04), scale, _u(rng, -0.05, 0.05)),
-        pose_lateral=(0.5 + _u(rng, -0.03, 0.03), 0.5 + _u(rng, 0.0, 0.04), scale * _u(rng, 0.95, 1.02),
-                      _u(rng, -0.04, 0.04)),
+        pose_lateral=(
+            0.5 + _u(rng, -0.03, 0.03),
+            0.5 + _u(rng, 0.0, 0.04),
+            scale * _u(rng, 0.95, 1.02),
+            _u(rng, -0.04, 0.04),
+        ),
         depth_ant=-0.33 + _u(rng, -0.03, 0.02) - 0.02 * size,
         depth_post=0.33 + _u(rng, -0.02, 0.03) + 0.02 * size,
     )
@@ -340,8 +353,10 @@ def _ribs(anat: Anatomy, canvas: Canvas, rib_break: RibBreak | None, clavicle_sh
         curve = F32(anat.clavicle_v + clavicle_shift) - F32(anat.clavicle_slope) * ac
         curve += F32(0.35) * (ac - F32(0.17)) ** 2
         acc += (
-            F32(0.85) * bump(v - curve, 0.016 + edge) * smoothstep(a - F32(0.035), edge) * smoothstep(
-                F32(w - 0.02) - a, 0.02)
+            F32(0.85)
+            * bump(v - curve, 0.016 + edge)
+            * smoothstep(a - F32(0.035), edge)
+            * smoothstep(F32(w - 0.02) - a, 0.02)
         )
         # humeral head at the shoulder
         du, dv = a - F32(w + 0.11), v - F32(anat.apex_v - 0.01)
@@ -355,7 +370,8 @@ def _ribs(anat: Anatomy, canvas: Canvas, rib_break: RibBreak | None, clavicle_sh
         column = smoothstep(F32(anat.spine_w) - ds, edge)
         discs = F32(0.7) + F32(0.3) * np.cos(v * F32(2 * math.pi / 0.062))
         pedicles = bump(ds - F32(anat.spine_w * 0.62), anat.spine_w * 0.22) * bump(
-            np.mod(v, F32(0.062)) - F32(0.02), 0.014)
+            np.mod(v, F32(0.062)) - F32(0.02), 0.014
+        )
         out[win] += column * (F32(0.45) * discs + F32(0.35) * pedicles)
     return out
 
@@ -482,8 +498,9 @@ def lateral_scene(anat: Anatomy, size: int, heart_ctr: float | None = None) -> S
 
     # airway: trachea running down and slightly back to the carina
     carina = (mid + 0.025, anat.carina_v + 0.01)
-    trachea = canvas.polyline([(mid - 0.04, -0.8), (mid - 0.01, anat.apex_v), carina],
-                              (2 * anat.trachea_w) / canvas.unit_per_px)
+    trachea = canvas.polyline(
+        [(mid - 0.04, -0.8), (mid - 0.01, anat.apex_v), carina], (2 * anat.trachea_w) / canvas.unit_per_px
+    )
     airway = np.zeros_like(u)
     if trachea is not None:
         airway[trachea[1]] = F32(0.55) * trachea[0]
@@ -526,8 +543,15 @@ def lateral_scene(anat: Anatomy, size: int, heart_ctr: float | None = None) -> S
         lungs=lungs,
         heart=heart_shape,
         anatomy=anat,
-        info={"airway": airway.astype(F32), "heart_mask": heart, "ctr": ctr, "hila": hila, "spine_u": spine_u,
-              "mid": mid, "carina": carina},
+        info={
+            "airway": airway.astype(F32),
+            "heart_mask": heart,
+            "ctr": ctr,
+            "hila": hila,
+            "spine_u": spine_u,
+            "mid": mid,
+            "carina": carina,
+        },
     )
 
 

@@ -127,7 +127,7 @@ def rewrite_stream(seed: int, study_id: str) -> np.random.Generator:
     """The re-write stream of ``study_id`` for ``seed``: derived from both (a SHA-256 of the id), never one of the
     generator's own report streams."""
     digest = hashlib.sha256(str(study_id).encode("utf-8")).digest()
-    words = [int.from_bytes(digest[i: i + 4], "little") for i in range(0, 16, 4)]
+    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
     return np.random.default_rng(np.random.SeedSequence([REWRITE_STREAM, int(seed) & 0xFFFFFFFF, *words]))
 
 

@@ -122,8 +122,13 @@ class SyntheticReportDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} studies")
         return render_study(
-            self.seed, index, image_size=self.image_size, lateral_fraction=self.lateral_fraction,
-            prevalence=self.prevalence, stream=STREAM_ONLINE, epoch=self.epoch,
+            self.seed,
+            index,
+            image_size=self.image_size,
+            lateral_fraction=self.lateral_fraction,
+            prevalence=self.prevalence,
+            stream=STREAM_ONLINE,
+            epoch=self.epoch,
         )
 
     def _transform(self, index: int) -> Any:

@@ -163,8 +163,14 @@ def _lobe_lateral(anat: Anatomy, lobe: str, u: np.ndarray, v: np.ndarray, mid: f
     return front * smoothstep(F32(horiz) - v, 0.02)
 
 
-def _bronchograms(canvas: Canvas, rng: np.random.Generator, origin: tuple[float, float], towards: tuple[float, float],
-                  shape: tuple[int, int], win: tuple[slice, slice]) -> np.ndarray:
+def _bronchograms(
+    canvas: Canvas,
+    rng: np.random.Generator,
+    origin: tuple[float, float],
+    towards: tuple[float, float],
+    shape: tuple[int, int],
+    win: tuple[slice, slice],
+) -> np.ndarray:
     """A few branching dark tubular lucencies (air bronchograms) from ``origin`` towards ``towards``."""
     out = np.zeros(shape, F32)
     base = math.atan2(towards[1] - origin[1], towards[0] - origin[0])
@@ -183,8 +189,8 @@ def _bronchograms(canvas: Canvas, rng: np.random.Generator, origin: tuple[float,
         r0, r1 = max(rs.start, wr.start), min(rs.stop, wr.stop)
         c0, c1 = max(cs.start, wc.start), min(cs.stop, wc.stop)
         if r0 < r1 and c0 < c1:
-            sub = cov[0][r0 - rs.start:r1 - rs.start, c0 - cs.start:c1 - cs.start]
-            tgt = out[r0 - wr.start:r1 - wr.start, c0 - wc.start:c1 - wc.start]
+            sub = cov[0][r0 - rs.start : r1 - rs.start, c0 - cs.start : c1 - cs.start]
+            tgt = out[r0 - wr.start : r1 - wr.start, c0 - wc.start : c1 - wc.start]
             np.maximum(tgt, sub, out=tgt)
     return out
 
@@ -331,16 +337,25 @@ def _device_paths(device: dict[str, Any], scene: Scene) -> list[tuple[list[tuple
             if device["route"] == "right internal jugular":
                 pts = [(-0.13, -0.9), (-0.1, anat.clavicle_v - 0.03), (-0.065, car - 0.08)] + svc
             else:
-                pts = [(0.42, anat.clavicle_v + 0.04), (0.2, anat.clavicle_v + 0.035), (0.05, anat.clavicle_v + 0.05),
-                       (-0.04, car - 0.06)] + svc
+                pts = [
+                    (0.42, anat.clavicle_v + 0.04),
+                    (0.2, anat.clavicle_v + 0.035),
+                    (0.05, anat.clavicle_v + 0.05),
+                    (-0.04, car - 0.06),
+                ] + svc
             return [(pts, 0.01, 0.7)]
         if kind == "pacemaker":
             sgn = SIDES[device["side"]]
             gu, gv = sgn * 0.25, anat.clavicle_v + 0.09
             ra = (cu - 0.75 * a_axis, cv - 0.02)
             apex = (cu + 0.45 * a_axis * math.cos(tilt), cv + 0.45 * a_axis * math.sin(tilt) + 0.02)
-            route = [(gu - sgn * 0.03, gv), (sgn * 0.12, anat.clavicle_v + 0.045), (-0.05, car - 0.04),
-                     (-0.055, car + 0.08), ra]
+            route = [
+                (gu - sgn * 0.03, gv),
+                (sgn * 0.12, anat.clavicle_v + 0.045),
+                (-0.05, car - 0.04),
+                (-0.055, car + 0.08),
+                ra,
+            ]
             paths = [(route + [(ra[0] + 0.06, cv + 0.04), apex], 0.011, 0.7)]
             if int(device["leads"]) == 2:
                 paths.append((route + [(ra[0] + 0.03, ra[1] - 0.05), (ra[0] + 0.06, ra[1] - 0.07)], 0.011, 0.7))

@@ -140,7 +140,7 @@ def _sample_cardiomegaly(rng: np.random.Generator, anat: Anatomy) -> Finding:
 def _sample_effusion(rng: np.random.Generator, anat: Anatomy) -> Finding:
     side = _side3(rng, 0.35)
     sizes, heights = {}, {}
-    for s in (["right", "left"] if side == "bilateral" else [side]):
+    for s in ["right", "left"] if side == "bilateral" else [side]:
         sizes[s] = _pick(rng, {"small": 0.5, "moderate": 0.35, "large": 0.15})
         heights[s] = round(float(rng.uniform(*EFFUSION_HEIGHT[sizes[s]])), 4)
     order = ["small", "moderate", "large"]
@@ -218,7 +218,7 @@ def _sample_atelectasis(rng: np.random.Generator, anat: Anatomy) -> Finding:
     side = _side3(rng, 0.35)
     sev = "minimal" if rng.random() < 0.4 else "mild"
     bands = {}
-    for s in (["right", "left"] if side == "bilateral" else [side]):
+    for s in ["right", "left"] if side == "bilateral" else [side]:
         w = anat.width(SIDES[s])
         bands[s] = {
             "a": round(float(rng.uniform(0.38, 0.62) * w), 4),
@@ -245,12 +245,14 @@ def _sample_devices(rng: np.random.Generator, anat: Anatomy) -> Finding:
     if rng.random() < 0.3:
         devices.append({"type": "enteric_tube"})
     if not devices:
-        devices.append([
-            {"type": "endotracheal_tube", "tip_cm": round(float(rng.uniform(3.0, 6.0)), 1)},
-            {"type": "central_line", "route": "right internal jugular", "tip": "superior vena cava"},
-            {"type": "pacemaker", "side": "left", "leads": 2},
-            {"type": "enteric_tube"},
-        ][int(rng.integers(4))])
+        devices.append(
+            [
+                {"type": "endotracheal_tube", "tip_cm": round(float(rng.uniform(3.0, 6.0)), 1)},
+                {"type": "central_line", "route": "right internal jugular", "tip": "superior vena cava"},
+                {"type": "pacemaker", "side": "left", "leads": 2},
+                {"type": "enteric_tube"},
+            ][int(rng.integers(4))]
+        )
     return Finding("support_devices", None, None, {"devices": devices})
 
 

@@ -30,8 +30,15 @@ from monai_r2gen.data.synthetic.findings import (
 from monai_r2gen.data.synthetic.labels import study_labels
 from monai_r2gen.data.synthetic.reports import Report, write_report
 
-__all__ = ["STREAM_DATASET", "STREAM_ONLINE", "View", "SyntheticStudy", "study_seed", "render_study",
-           "check_prevalence"]
+__all__ = [
+    "STREAM_DATASET",
+    "STREAM_ONLINE",
+    "View",
+    "SyntheticStudy",
+    "study_seed",
+    "render_study",
+    "check_prevalence",
+]
 
 #: stream tags: studies written by ``generate_dataset`` and studies rendered on the fly never coincide.
 STREAM_DATASET = 0
@@ -93,9 +100,7 @@ def study_seed(seed: int, index: int, stream: int = STREAM_DATASET, epoch: int =
     return np.random.SeedSequence(entropy=int(seed), spawn_key=key)
 
 
-def _override_findings(
-    requested: Sequence[Finding | str], seq: np.random.SeedSequence, anat: Anatomy
-) -> list[Finding]:
+def _override_findings(requested: Sequence[Finding | str], seq: np.random.SeedSequence, anat: Anatomy) -> list[Finding]:
     """Findings given by the caller: Finding objects are copied, kind names are drawn from the same child stream
     that :func:`sample_findings` uses for that kind."""
     children = dict(zip(FINDING_KINDS, seq.spawn(len(FINDING_KINDS))))
@@ -164,8 +169,12 @@ def render_study(
     acq = np.random.default_rng(acq_seq)
     u_projection, u_lateral = acq.random(), acq.random()
     exposures = [
-        {"gain": acq.uniform(1.35, 1.8), "gamma": acq.uniform(0.85, 1.15), "tilt": acq.uniform(-0.04, 0.04),
-         "noise": acq.uniform(0.008, 0.02)}
+        {
+            "gain": acq.uniform(1.35, 1.8),
+            "gamma": acq.uniform(0.85, 1.15),
+            "tilt": acq.uniform(-0.04, 0.04),
+            "noise": acq.uniform(0.008, 0.02),
+        }
         for _ in range(2)
     ]
     noise_seeds = acq.integers(0, 2**63 - 1, size=2)
@@ -180,7 +189,9 @@ def render_study(
     }
     lines = any(
         d["type"] in ("endotracheal_tube", "central_line")
-        for f in found if f.kind == "support_devices" for d in f.params["devices"]
+        for f in found
+        if f.kind == "support_devices"
+        for d in f.params["devices"]
     )
     if projection is None:
         projection = "AP" if u_projection < (_AP_WITH_LINES if lines else ap_fraction) else "PA"
@@ -188,8 +199,9 @@ def render_study(
         raise ValueError(f"projection must be 'PA' or 'AP', got {projection!r}")
     has_lateral = bool(u_lateral < lateral_fraction) if lateral is None else bool(lateral)
 
-    views = _render_views(anat, found, image_size, projection, has_lateral, exposures, noise_seeds, noise) if images \
-        else []
+    views = (
+        _render_views(anat, found, image_size, projection, has_lateral, exposures, noise_seeds, noise) if images else []
+    )
     heart_ctr = heart_ctr_of(found)
     ctr = heart_ctr if heart_ctr is not None else anat.ctr
     ctr_seen = ctr * (1.06 if projection == "AP" else 1.0)
@@ -210,8 +222,14 @@ def render_study(
 
 
 def _render_views(
-    anat: Anatomy, found: list[Finding], size: int, projection: str, has_lateral: bool, exposures: list[dict],
-    noise_seeds: np.ndarray, noise: bool,
+    anat: Anatomy,
+    found: list[Finding],
+    size: int,
+    projection: str,
+    has_lateral: bool,
+    exposures: list[dict],
+    noise_seeds: np.ndarray,
+    noise: bool,
 ) -> list[View]:
     """Draw the frontal (and lateral) view with the findings, filling each finding's boxes."""
     heart_ctr = heart_ctr_of(found)

@@ -97,8 +97,14 @@ def view_dataset(study: SyntheticStudy, k: int, view: View, seed: int) -> Any:
     projections = "/".join(v.projection for v in study.views)
     spacing = round(_FIELD_OF_VIEW_MM / view.image.shape[0], 4)
     extra = {
-        "StudyDate": date, "SeriesDate": date, "ContentDate": date, "AcquisitionDate": date,
-        "StudyTime": study_time, "SeriesTime": view_time, "ContentTime": view_time, "AcquisitionTime": view_time,
+        "StudyDate": date,
+        "SeriesDate": date,
+        "ContentDate": date,
+        "AcquisitionDate": date,
+        "StudyTime": study_time,
+        "SeriesTime": view_time,
+        "ContentTime": view_time,
+        "AcquisitionTime": view_time,
         "PatientSex": study.anatomy.sex,
         "PatientAge": f"{study.anatomy.age:03d}Y",
         "AccessionNumber": f"S{seed % 10**6:06d}{study.index:08d}"[:16],
@@ -147,8 +153,14 @@ def _write_study(job: _Job, index: int) -> dict[str, Any]:
     """Render and write one study; returns its annotation entry, label row and findings record."""
     from monai_r2gen.data.dicom import write_dataset
 
-    study = render_study(job.seed, index, image_size=job.image_size, lateral_fraction=job.lateral_fraction,
-                         prevalence=job.prevalence, stream=STREAM_DATASET)
+    study = render_study(
+        job.seed,
+        index,
+        image_size=job.image_size,
+        lateral_fraction=job.lateral_fraction,
+        prevalence=job.prevalence,
+        stream=STREAM_DATASET,
+    )
     split = job.splits[index]
     rel_dir = f"images/{study.id}"
     os.makedirs(os.path.join(job.out_dir, rel_dir), exist_ok=True)
@@ -191,8 +203,9 @@ def _write_chunk(job: _Job, indices: Sequence[int]) -> list[dict[str, Any]]:
 
 def _assign_splits(n: int, seed: int, fractions: Sequence[float]) -> dict[int, str]:
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0, atol=1e-6):
-        raise ValueError(f"splits must be three non-negative fractions (train, val, test) adding up to 1, "
-                         f"got {fractions}")
+        raise ValueError(
+            f"splits must be three non-negative fractions (train, val, test) adding up to 1, got {fractions}"
+        )
     counts = [int(round(f * n)) for f in fractions]
     if n >= 3:  # keep every requested split non-empty
         for i, f in enumerate(fractions):
@@ -205,7 +218,7 @@ def _assign_splits(n: int, seed: int, fractions: Sequence[float]) -> dict[int, s
     out: dict[int, str] = {}
     start = 0
     for name, count in zip(_SPLITS, counts):
-        for i in order[start:start + count]:
+        for i in order[start : start + count]:
             out[int(i)] = name
         start += count
     return out
@@ -213,7 +226,7 @@ def _assign_splits(n: int, seed: int, fractions: Sequence[float]) -> dict[int, s
 
 def _chunks(indices: list[int], size: int) -> Iterable[list[int]]:
     for start in range(0, len(indices), size):
-        yield indices[start:start + size]
+        yield indices[start : start + size]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -283,8 +296,14 @@ def generate_dataset(
     os.makedirs(os.path.join(out, "reports"), exist_ok=True)
     job = _Job(out, int(seed), int(image_size), float(lateral_fraction), prev, formats, int(png_bits), split_of)
     indices = list(range(n_studies))
-    logger.info("writing %d phantom studies (%d px, formats %s) to %s with %d worker(s)", n_studies, image_size,
-                ",".join(formats), out, workers)
+    logger.info(
+        "writing %d phantom studies (%d px, formats %s) to %s with %d worker(s)",
+        n_studies,
+        image_size,
+        ",".join(formats),
+        out,
+        workers,
+    )
     bar = None
     if progress:
         from tqdm import tqdm
@@ -338,7 +357,7 @@ def generate_dataset(
         "n_images": n_images,
         "report_field": "'report' holds the FINDINGS section; 'report_full' holds 'FINDINGS: ...\\n\\nIMPRESSION: ...'",
         "label_convention": "CheXpert: 1 described, 0 explicitly negated in the report, blank not mentioned; "
-                            "No Finding 1 when nothing but support devices is positive",
+        "No Finding 1 when nothing but support devices is positive",
         "labels": list(CHEXPERT_LABELS),
     }
     _write_json(os.path.join(out, "dataset.json"), meta)
