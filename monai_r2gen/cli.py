@@ -204,7 +204,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.output:  # before the scores are computed: a bad path must not cost them
         inputs = (args.predictions, args.references, args.findings, args.chexbert_checkpoint)
-        check_output_path(args.output, [p for p in inputs if p])
+        check_output_path(args.output, [p for p in inputs if p], overwrite=args.overwrite)
     scores = evaluate_files(
         args.predictions,
         args.references,
@@ -668,8 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--references", required=True, help="annotation.json or manifest")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument(
-        "--output", default=None, help="write every score and the settings as JSON here (checked before scoring)"
+        "--output",
+        default=None,
+        help="write every score and the settings as JSON here (checked before scoring; an existing file needs "
+        "--overwrite)",
     )
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --output once scored")
     evaluate.add_argument(
         "--uncertain", default="negative", choices=["positive", "negative", "ignore"], help="CE uncertain-label mapping"
     )
@@ -687,7 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="findings.json (or {study_id: [{kind, side, severity}]}): adds finding side / severity accuracy",
     )
     evaluate.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap draws of the 95%% intervals of every score (0: none)"
+        "--bootstrap",
+        type=_non_negative_int,
+        default=1000,
+        help="bootstrap draws of the 95%% intervals of every score (0: none)",
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     evaluate.add_argument(

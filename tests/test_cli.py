@@ -208,7 +208,7 @@ def test_evaluate_with_findings_and_ceiling(phantom_eval, tmp_path, capsys) -> N
 
     # swapping right and left keeps the kinds and sizes, and breaks every one-sided finding
     assert main(_evaluate(phantom_eval, "swapped", "--findings", str(phantom_eval["findings"]), "--output",
-                          str(out))) == 0  # fmt: skip
+                          str(out), "--overwrite")) == 0  # fmt: skip
     swapped = json.loads(out.read_text())
     assert swapped["scores"]["attr/mention_recall"] == 1.0 and swapped["scores"]["attr/severity_accuracy"] == 1.0
     for kind, row in swapped["attributes"]["per_kind"].items():
@@ -216,6 +216,20 @@ def test_evaluate_with_findings_and_ceiling(phantom_eval, tmp_path, capsys) -> N
             assert row["side_accuracy"] == 0.0, kind
     assert swapped["settings"]["ceiling"] is None and "ceiling" not in swapped
     assert "paraphrase ceiling" not in capsys.readouterr().out
+
+
+def test_evaluate_refuses_an_existing_output_unless_overwrite(phantom_eval, tmp_path, capsys) -> None:
+    out = tmp_path / "scores.json"
+    out.write_text("earlier scores\n")
+    assert main(_evaluate(phantom_eval, "perfect", "--bootstrap", "0", "--output", str(out))) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {out}: exists") and "--overwrite" in line
+    assert out.read_text() == "earlier scores\n"
+    assert main(_evaluate(phantom_eval, "perfect", "--bootstrap", "0", "--output", str(out), "--overwrite")) == 0
+    assert json.loads(out.read_text())["scores"]["BLEU-4"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit) as info:  # argparse: not a draw count
+        main(_evaluate(phantom_eval, "perfect", "--bootstrap", "-1"))
+    assert info.value.code == 2 and "--bootstrap: must be at least 0" in capsys.readouterr().err
 
 
 def test_evaluate_findings_errors_take_the_normal_error_path(phantom_eval, tmp_path, capsys) -> None:

@@ -59,6 +59,8 @@ from monai_r2gen.engines.handlers import (
     TrainableState,
     is_main_process,
 )
+from monai_r2gen.files import atomic_write_text
+from monai_r2gen.metrics.report_scores import DEFAULT_CLEAN_STYLE
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
@@ -1296,7 +1298,7 @@ class ReportEvaluationWorkflow:
         split: the split to score.
         encoder_path / llm_path: local base weights when the saved model refers to them.
         image_size / max_views: view settings (default: the model config's).
-        report_style / target: report settings (use the training ones).
+        report_style / target: report settings of the references (use the training ones).
         batch_size: generation batch size.
         generation: ``generate()`` kwargs (num_beams, max_new_tokens, repetition_penalty ...).
         uncertain: CE treatment of uncertain mentions (None: the metrics' default).
@@ -1309,6 +1311,10 @@ class ReportEvaluationWorkflow:
             priors) are added, and for the phantoms' own file also the paraphrase ceiling
             (:func:`monai_r2gen.evaluation.paraphrase_ceiling`: ``ceiling/BLEU-4`` ..., ``BLEU-4/ceiling``).
         ceiling_seeds: paraphrase seeds of the ceiling (empty: no ceiling).
+        clean_style: cleaning of both sides before the NLG scores (the default of every scoring path).
+        bootstrap: bootstrap draws of the 95% intervals of every score (``"intervals"`` in ``scores.json``; 0: none).
+        seed: seed of the draws.
+        nlg_metrics: subset of ``("BLEU", "METEOR", "ROUGE-L", "CIDEr")``; None: all (METEOR needs Java).
     """
 
     def __init__(
@@ -1333,6 +1339,10 @@ class ReportEvaluationWorkflow:
         device: str | torch.device | None = None,
         findings_file: str | os.PathLike | None = None,
         ceiling_seeds: Sequence[int] = (1, 2, 3),
+        clean_style: str = DEFAULT_CLEAN_STYLE,
+        bootstrap: int = 1000,
+        seed: int = 0,
+        nlg_metrics: Sequence[str] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.dataset_dir = Path(dataset_dir)
@@ -1355,34 +1365,56 @@ class ReportEvaluationWorkflow:
             torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.findings_file = _findings_file(findings_file, self.annotation_file)
-        self.ceiling_seeds = [int(seed) for seed in ceiling_seeds]
+        self.ceiling_seeds = [int(s) for s in ceiling_seeds]
+        self.clean_style = clean_style
+        self.bootstrap = int(bootstrap)
+        self.seed = int(seed)
+        self.nlg_metrics = None if nlg_metrics is None else list(nlg_metrics)
 
-    def _attribute_results(self, ids: list[str], refs: list[str], hyps: list[str]) -> dict[str, Any]:
-        """Finding-attribute scores and, for a phantom findings file, the paraphrase ceiling."""
+    def score(self, ids: Sequence[str], refs: Sequence[str], hyps: Sequence[str]) -> dict[str, Any]:
+        """The scores of generated reports: :func:`~monai_r2gen.metrics.report_scores.score_reports` (the one
+        scoring function of every path) with this workflow's settings, plus, for a phantom findings file, the
+        paraphrase ceiling (:func:`monai_r2gen.evaluation.paraphrase_ceiling`: ``ceiling/BLEU-4`` ...,
+        ``BLEU-4/ceiling``).
+
+        Args:
+            ids: study ids (to look up the findings).
+            refs: reference reports (as the data set gives them: ``report_style`` / ``target`` applied).
+            hyps: generated reports, same order.
+        """
         from monai_r2gen.evaluation import paraphrase_ceiling
-        from monai_r2gen.metrics.attributes import attribute_scores, load_findings
+        from monai_r2gen.metrics.attributes import load_findings
+        from monai_r2gen.metrics.report_scores import score_reports
 
-        assert self.findings_file is not None
-        truth = load_findings(self.findings_file)
-        attrs = attribute_scores(hyps, [truth.get(i, []) for i in ids])
-        scores = {k: v for k, v in attrs.items() if isinstance(v, float)}
-        out: dict[str, Any] = {"scores": scores, "attributes": {"per_kind": attrs["per_kind"],
-                                                                "overall": attrs["overall"]}}  # fmt: skip
-        if self.ceiling_seeds and _is_phantom_findings(self.findings_file):
-            ceiling = paraphrase_ceiling(self.findings_file, ids, refs, seeds=self.ceiling_seeds,
-                                         tokenize=self.tokenize, clean_style=self.report_style,
+        truth = None
+        if self.findings_file is not None:
+            table = load_findings(self.findings_file)
+            truth = [table.get(i, []) for i in ids]
+        result = score_reports(list(refs), list(hyps), clean_style=self.clean_style, tokenize=self.tokenize,
+                               uncertain=self.uncertain or "negative", nlg_metrics=self.nlg_metrics, findings=truth,
+                               bootstrap=self.bootstrap, seed=self.seed)  # fmt: skip
+        result["settings"]["nlg"]["reference_style"] = self.report_style
+        result["settings"]["nlg"]["target"] = self.target
+        if self.findings_file is not None:
+            result["settings"]["findings"] = str(self.findings_file)
+        scores = result["scores"]
+        if truth is not None and self.ceiling_seeds and _is_phantom_findings(self.findings_file):
+            ceiling = paraphrase_ceiling(self.findings_file, list(ids), list(refs), seeds=self.ceiling_seeds,
+                                         tokenize=self.tokenize, clean_style=self.clean_style,
                                          nlg_metrics=("BLEU", "ROUGE-L", "CIDEr"))  # fmt: skip
             scores.update({f"ceiling/{k}": v for k, v in ceiling["mean"].items()})
-            out["ceiling"] = {"mean": ceiling["mean"], "seeds": ceiling["seeds"],
-                              "per_seed": {str(k): v for k, v in ceiling["per_seed"].items()}}  # fmt: skip
-        return out
+            result["ceiling"] = {"mean": ceiling["mean"], "seeds": ceiling["seeds"],
+                                 "per_seed": {str(k): v for k, v in ceiling["per_seed"].items()}}  # fmt: skip
+            if scores.get("ceiling/BLEU-4") and "BLEU-4" in scores:
+                scores["BLEU-4/ceiling"] = scores["BLEU-4"] / scores["ceiling/BLEU-4"]
+                logger.info("BLEU-4 %.4f; paraphrase ceiling %.4f (ratio %.3f)", scores["BLEU-4"],
+                            scores["ceiling/BLEU-4"], scores["BLEU-4/ceiling"])  # fmt: skip
+        return result
 
     def run(self) -> dict[str, Any]:
         """Generate reports for the split, score them and write ``scores.json`` + ``reports.jsonl``."""
         from monai_r2gen.data.datasets import ReportCollate, ReportDataset, read_manifest
         from monai_r2gen.data.transforms import LoadStudyViewsd
-        from monai_r2gen.metrics.clinical import ce_score_keys, ce_scores
-        from monai_r2gen.metrics.nlg import nlg_scores
         from monai_r2gen.networks.generator import RadiologyReportGenerator
 
         network = RadiologyReportGenerator.from_pretrained(
@@ -1422,47 +1454,24 @@ class ReportEvaluationWorkflow:
         engine.run()
         refs = [row["reference"] for row in writer.rows]
         hyps = [row["prediction"] for row in writer.rows]
-        nlg = nlg_scores(refs, hyps, tokenize=self.tokenize)
-        ce = ce_scores(refs, hyps, **({} if self.uncertain is None else {"uncertain": self.uncertain}))
-        result = {
-            "scores": {**nlg, **{k: ce[k] for k in ce_score_keys()}},
-            "per_label": ce["per_label"],
-            "settings": {
-                "model_dir": str(self.model_dir),
-                "dataset_dir": str(self.dataset_dir),
-                "annotation_file": str(self.annotation_file),
-                "split": self.split,
-                "num_reports": len(refs),
-                "image_size": self.image_size,
-                "max_views": self.max_views,
-                "reports": str(writer.last_path) if writer.last_path else None,
-                "nlg": {
-                    "scorer": "pycocoevalcap",
-                    "clean_style": self.report_style,
-                    "target": self.target,
-                    "tokenize": self.tokenize,
-                    "references_truncated": False,
-                },
-                "ce": ce.get("settings", {}),
-                "generation": {
-                    k: v
-                    for k, v in network.generation_settings(**self.generation).items()
-                    if isinstance(v, (int, float, str, bool, list)) or v is None
-                },
-                "seconds": round(time.perf_counter() - start, 2),
+        result = self.score([row["id"] for row in writer.rows], refs, hyps)
+        result["settings"].update({
+            "model_dir": str(self.model_dir),
+            "dataset_dir": str(self.dataset_dir),
+            "annotation_file": str(self.annotation_file),
+            "split": self.split,
+            "image_size": self.image_size,
+            "max_views": self.max_views,
+            "reports": str(writer.last_path) if writer.last_path else None,
+            "generation": {
+                k: v
+                for k, v in network.generation_settings(**self.generation).items()
+                if isinstance(v, (int, float, str, bool, list)) or v is None
             },
-        }
-        if self.findings_file is not None:
-            extra = self._attribute_results([row["id"] for row in writer.rows], refs, hyps)
-            result["scores"].update(extra.pop("scores"))
-            if result["scores"].get("ceiling/BLEU-4"):
-                result["scores"]["BLEU-4/ceiling"] = nlg["BLEU-4"] / result["scores"]["ceiling/BLEU-4"]
-                logger.info("BLEU-4 %.4f; paraphrase ceiling %.4f (ratio %.3f)", nlg["BLEU-4"],
-                            result["scores"]["ceiling/BLEU-4"], result["scores"]["BLEU-4/ceiling"])  # fmt: skip
-            result.update(extra)
-            result["settings"]["findings"] = str(self.findings_file)
+            "seconds": round(time.perf_counter() - start, 2),
+        })  # fmt: skip
         if is_main_process():
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "scores.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+            atomic_write_text(self.output_dir / "scores.json", json.dumps(result, indent=2))
             logger.info("wrote %s", self.output_dir / "scores.json")
         return result

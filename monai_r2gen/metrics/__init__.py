@@ -1,5 +1,8 @@
 """Metrics: NLG scores (pycocoevalcap), clinical efficacy (CheXpert-14 labeler) and finding side / severity accuracy.
 
+:func:`score_reports` is the one scoring function every path calls (validation, the bundle's ``evaluating``,
+``monai-r2gen evaluate``, the ablation); :func:`compare_reports` is the paired test of two systems.
+
 Names are resolved lazily so that ``import monai_r2gen.metrics`` stays cheap.
 """
 
@@ -8,6 +11,15 @@ from __future__ import annotations
 from monai_r2gen._lazy import lazy_exports
 
 _EXPORTS = {
+    "score_reports": "monai_r2gen.metrics.report_scores",
+    "compare_reports": "monai_r2gen.metrics.report_scores",
+    "DEFAULT_CLEAN_STYLE": "monai_r2gen.metrics.report_scores",
+    "clean_report": "monai_r2gen.metrics.cleaning",
+    "REPORT_STYLES": "monai_r2gen.metrics.cleaning",
+    "StudyStatistics": "monai_r2gen.metrics.bootstrap",
+    "study_statistics": "monai_r2gen.metrics.bootstrap",
+    "bootstrap_intervals": "monai_r2gen.metrics.bootstrap",
+    "paired_test": "monai_r2gen.metrics.bootstrap",
     "nlg_scores": "monai_r2gen.metrics.nlg",
     "NLGMetric": "monai_r2gen.metrics.nlg",
     "CheXpertLabeler": "monai_r2gen.metrics.chexpert",

@@ -200,6 +200,7 @@ def study_statistics(
     ce5_columns: Sequence[int] | None = None,
     valid: np.ndarray | None = None,
     zero_division: float = 0.0,
+    label_sets: Mapping[str, Sequence[int]] | None = None,
 ) -> StudyStatistics:
     """Per-study statistics of a system's outputs against one reference per study.
 
@@ -216,6 +217,9 @@ def study_statistics(
             :data:`CHEXPERT_LABELS` when L = 14, none otherwise (pass ``()`` to skip CE-5).
         valid: optional (n, L) bool mask of the (study, label) pairs that count (``uncertain="ignore"``).
         zero_division: value of an undefined CE precision / recall / F1, as in ``ce_scores``.
+        label_sets: label-set name -> columns, in place of the default ``CE-<L>`` + ``CE-5`` sets (e.g. 28 columns,
+            the 14 labels under two uncertain mappings, as ``{"CE-14": 0..13, "CE-14+": 14..27, ...}``);
+            ``ce5_columns`` is then unused.
 
     Returns:
         The :class:`StudyStatistics`.
@@ -272,14 +276,17 @@ def study_statistics(
         tp = ref_labels & hyp_labels & mask
         fp = ~ref_labels & hyp_labels & mask
         fn = ref_labels & ~hyp_labels & mask
-        if ce5_columns is None:
-            ce5_columns = [CHEXPERT_LABELS.index(k) for k in _CE5_NAMES] if n_labels == len(CHEXPERT_LABELS) else ()
-        ce5 = tuple(int(c) for c in ce5_columns)
-        if any(not 0 <= c < n_labels for c in ce5):
-            raise MetricError(f"ce5_columns {ce5} out of range for {n_labels} labels")
-        ce_sets = {f"CE-{n_labels}": tuple(range(n_labels))}
-        if ce5:
-            ce_sets["CE-5"] = ce5
+        if label_sets is not None:
+            ce_sets = {name: tuple(int(c) for c in cols) for name, cols in label_sets.items()}
+        else:
+            if ce5_columns is None:
+                ce5_columns = [CHEXPERT_LABELS.index(k) for k in _CE5_NAMES] if n_labels == len(CHEXPERT_LABELS) else ()
+            ce_sets = {f"CE-{n_labels}": tuple(range(n_labels))}
+            if ce5_columns:
+                ce_sets["CE-5"] = tuple(int(c) for c in ce5_columns)
+        for name, cols in ce_sets.items():
+            if not cols or any(not 0 <= c < n_labels for c in cols):
+                raise MetricError(f"label set {name!r} columns {cols} out of range for {n_labels} labels")
         examples = {}
         for set_name, cols in ce_sets.items():
             inter = tp[:, cols].sum(axis=1)

@@ -6,7 +6,8 @@ What it does, in this order, whatever the caller:
 1. both sides are cut to :data:`~monai_r2gen.metrics.nlg.MAX_REPORT_CHARS` (counted, recorded in the settings);
 2. NLG scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr) on both sides cleaned with ``clean_report(text, clean_style)``;
 3. clinical efficacy (CheXpert-14 labeler, CE-14 / CE-5 micro, macro and example-based P / R / F1) on the raw texts
-   (the labeler needs the punctuation that cleaning removes), uncertain mentions mapped by ``uncertain``;
+   (the labeler needs the punctuation that cleaning removes), uncertain mentions mapped by ``uncertain``, and the
+   same scores with uncertain mentions counted as positive under ``CE-14+`` / ``CE-5+`` (LLaVA-Rad's "+" variants);
 4. finding side / size scores when the truth is given (a findings list per study, or ``"references"``: what the
    reference reports state);
 5. with ``bootstrap`` draws: 95% percentile intervals of every score (studies resampled, seeded).
@@ -27,6 +28,7 @@ from monai_r2gen.metrics.cleaning import clean_report
 
 __all__ = [
     "DEFAULT_CLEAN_STYLE",
+    "PLUS_SUFFIX",
     "score_reports",
     "cleaned_nlg_scores",
     "cleaned_nlg_study_scores",
@@ -77,14 +79,35 @@ def _attribute_ratios(hypotheses: Sequence[str], truth: Sequence[Any]) -> dict[s
     return out
 
 
+PLUS_SUFFIX = "+"
+"""Suffix of the CE label-set names scored with uncertain mentions counted as positive ("CE-14+ micro-F1"; LLaVA-Rad's
+"Micro-F1-14+"), reported beside the main mapping whatever ``uncertain`` is."""
+
+
+def _plus_name(key: str) -> str:
+    """``"CE-14 micro-F1"`` -> ``"CE-14+ micro-F1"``."""
+    label_set, _, measure = key.partition(" ")
+    return f"{label_set}{PLUS_SUFFIX} {measure}"
+
+
 def _ce_arrays(ref_labels: Sequence[Mapping], hyp_labels: Sequence[Mapping], uncertain: str):
+    """Binarised labels of the main mapping and of uncertain-as-positive side by side (n, 28), the validity mask and
+    the label sets ("CE-14", "CE-5", "CE-14+", "CE-5+") over those columns."""
     from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
-    from monai_r2gen.metrics.clinical import binarize_labels
+    from monai_r2gen.metrics.clinical import CE5_LABELS, binarize_labels
 
     ref_pos, ref_unc = binarize_labels(ref_labels, CHEXPERT_LABELS, uncertain)
     hyp_pos, hyp_unc = binarize_labels(hyp_labels, CHEXPERT_LABELS, uncertain)
-    valid = ~(ref_unc | hyp_unc) if uncertain == "ignore" else None
-    return ref_pos, hyp_pos, valid
+    ref_plus, _ = binarize_labels(ref_labels, CHEXPERT_LABELS, "positive")
+    hyp_plus, _ = binarize_labels(hyp_labels, CHEXPERT_LABELS, "positive")
+    valid = ~(ref_unc | hyp_unc) if uncertain == "ignore" else np.ones_like(ref_pos, dtype=bool)
+    n = len(CHEXPERT_LABELS)
+    ce5 = [CHEXPERT_LABELS.index(k) for k in CE5_LABELS]
+    sets = {"CE-14": range(n), "CE-5": ce5, f"CE-14{PLUS_SUFFIX}": range(n, 2 * n),
+            f"CE-5{PLUS_SUFFIX}": [n + c for c in ce5]}  # fmt: skip
+    both = np.concatenate
+    return (both([ref_pos, ref_plus], axis=1), both([hyp_pos, hyp_plus], axis=1),
+            both([valid, np.ones_like(valid)], axis=1), sets)  # fmt: skip
 
 
 def cleaned_nlg_study_scores(
@@ -189,6 +212,8 @@ def score_reports(
         hyp_labels = _as_label_dicts(hyps, "hypothesis", None)
         ce = ce_scores(ref_labels, hyp_labels, uncertain=uncertain)
         scores.update({k: ce[k] for k in ce_score_keys()})
+        plus = ce if uncertain == "positive" else ce_scores(ref_labels, hyp_labels, uncertain="positive")
+        scores.update({_plus_name(k): plus[k] for k in ce_score_keys()})
         result["per_label"] = ce["per_label"]
     else:
         truth = None
@@ -212,7 +237,8 @@ def score_reports(
             "hypotheses_truncated": cut_hyps,
         },
         "ce": None if not clinical else {**ce["settings"], "labeler": _labeler_version(),
-                                         "text": "raw (uncleaned) reports"},
+                                         "text": "raw (uncleaned) reports",
+                                         "plus_variants": "CE-14+ / CE-5+: uncertain counted as positive"},
         "attributes": None if attrs is None else {
             **attrs["settings"], "truth": "reference reports" if isinstance(findings, str) else "findings file",
             "text": "raw (uncleaned) reports"},
@@ -222,14 +248,14 @@ def score_reports(
     }  # fmt: skip
 
     if bootstrap or keep_statistics:
-        ref_pos, hyp_pos, valid = _ce_arrays(ref_labels, hyp_labels, uncertain) if clinical else (None, None, None)
+        ref_pos, hyp_pos, valid, sets = _ce_arrays(ref_labels, hyp_labels, uncertain) if clinical else (None,) * 4
         stats = study_statistics(
             nlg["references"] if "BLEU-1" in scores else None,
             nlg["hypotheses"] if "BLEU-1" in scores else None,
             ref_pos, hyp_pos,
             per_study_scores=dict(nlg["per_study"]),  # METEOR: its segment scores
             ratio_scores=_attribute_ratios(hyps, truth) if truth is not None else None,
-            valid=valid,
+            valid=valid, label_sets=sets,
         )  # fmt: skip
         if bootstrap:
             intervals = bootstrap_intervals(stats, draws=int(bootstrap), seed=int(seed))

@@ -129,6 +129,17 @@ def test_evaluating_writes_scores_and_settings(trained_bundle: Path) -> None:
     assert {"attr/mention_recall", "ceiling/BLEU-4", "BLEU-4/ceiling"} <= set(scores)
     assert 0.0 < scores["ceiling/BLEU-4"] < 1.0 and result["attributes"]["per_kind"]
     assert scores["BLEU-4/ceiling"] == pytest.approx(scores["BLEU-4"] / scores["ceiling/BLEU-4"])
+    # one scoring path: the written reports scored by `evaluate` give the same scores and intervals
+    assert result["settings"]["nlg"]["clean_style"] == "mimic_cxr" and result["settings"]["bootstrap"]["draws"] == 1000
+    from monai_r2gen.evaluation import evaluate_files
+
+    written = root / "eval" / "test" / "reports_test.jsonl"
+    again = evaluate_files(written, root / "data" / "synthetic" / "annotation.json", split="test",
+                           findings=result["settings"]["findings"])  # fmt: skip
+    for key, value in again["scores"].items():
+        assert scores[key] == pytest.approx(value, abs=1e-12), key
+    for key, interval in again["intervals"].items():
+        assert result["intervals"][key] == pytest.approx(interval, abs=1e-12), key
 
 
 @pytest.mark.slow
