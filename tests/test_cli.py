@@ -503,6 +503,31 @@ def test_train_surfaces_our_error_from_inside_monai(tmp_path, monkeypatch, capsy
         main(["--debug", "train", "--config", str(config)])
 
 
+@pytest.mark.parametrize(
+    ("annotation", "reason"),
+    [
+        ('{"train": [{"id": "a", "image_path": ["a.png"]}], "val": [], "test": []}', "study 'a': no report"),
+        ('{"train": [{"id": "a", "report": "x"', "invalid JSON at line 1 column 37"),
+    ],
+)
+def test_train_with_a_bad_annotation_names_the_file_in_one_line(annotation, reason, tmp_path) -> None:
+    """The real bundle config and command, a broken manifest: one line naming the manifest, no traceback (MONAI's
+    config evaluator wraps the error twice). In a process of its own: MONAI's bundle logging binds to the stderr
+    it finds."""
+    data = tmp_path / "data" / "synthetic"
+    data.mkdir(parents=True)
+    (data / "annotation.json").write_text(annotation)
+    config = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.yaml"
+    done = subprocess.run([sys.executable, "-m", "monai_r2gen", "train", "--config", str(config),
+                           f"bundle_root={tmp_path}"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    err = done.stderr
+    line = _one_error_line(err)
+    assert line.startswith(f"error: {data / 'annotation.json'}: ") and reason in line, line
+    assert "Traceback" not in err and "Failed to" not in err
+    assert (data / "annotation.json").read_text() == annotation  # the input is left as it was
+
+
 @pytest.fixture()
 def tiny_bundle(tmp_path: Path) -> Path:
     """A bundle config whose run id only builds the training workflow (never runs it): config errors are cheap."""

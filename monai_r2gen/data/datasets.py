@@ -394,6 +394,7 @@ class ReportDataset(Dataset):
             ``drop_empty_reports``.
         max_report_chars: longest accepted report in characters, before cleaning (default
             :data:`MAX_REPORT_CHARS`, the bound of NLG scoring); ``None``: no limit.
+        source: the file a list of items was read from, named in errors and skips (default ``<items>``).
 
     Raises:
         ManifestError: bad manifest. RadiographReadError: missing image under ``on_error="raise"``.
@@ -417,6 +418,7 @@ class ReportDataset(Dataset):
         group_studies: bool = True,
         require_report: bool | None = None,
         max_report_chars: int | None = MAX_REPORT_CHARS,
+        source: str | os.PathLike | None = None,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ModelConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -450,8 +452,8 @@ class ReportDataset(Dataset):
                 manifest, split=split, image_root=image_root, group_studies=group_studies, skipped=problems
             )
         else:
-            self.manifest_path = None
-            where = Path("<items>")
+            self.manifest_path = os.fspath(source) if source is not None else None
+            where = Path(self.manifest_path or "<items>")
             root = Path(image_root) if image_root is not None else Path.cwd()
             found: list[_Problem] | None = None if problems is None else []
             raw_items = [_normalise_entry(where, f"item {i}", item, root, found) for i, item in enumerate(manifest)]

@@ -678,6 +678,7 @@ class ReportTrainingWorkflow:
             report_style=self.report_style,
             target=self.target,
             check_files=False,
+            source=self.annotation_file,
         )
         return [str(dataset[i]["report"]) for i in range(len(dataset))]
 
@@ -802,6 +803,7 @@ class ReportTrainingWorkflow:
             cache=self.dataset_cache if with_images else "none",
             cache_dir=str(self.output_dir / "dataset_cache" / split) if self.dataset_cache == "persistent" else None,
             cache_kwargs={"progress": False} if self.dataset_cache != "none" else None,
+            source=self.annotation_file,
         )
 
     def _collate(self) -> Any:
@@ -1432,6 +1434,7 @@ class ReportEvaluationWorkflow:
             transform=[LoadStudyViewsd(keys="image", spatial_size=self.image_size, max_views=self.max_views)],
             report_style=self.report_style,
             target=self.target,
+            source=self.annotation_file,
         )
         loader = DataLoader(
             dataset,
