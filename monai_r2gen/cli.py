@@ -7,6 +7,7 @@ Subcommands:
     generate     write one report per study (JSON lines) for DICOM / PNG / JPEG files, study folders and manifests
     evaluate     score predicted reports against references (NLG + clinical efficacy)
     analyze      soft-prompt, attention and ablation analyses (:mod:`monai_r2gen.analysis.cli`)
+    pacs         report on the CR / DX studies of a DICOMweb PACS and store the reports back as DICOM SR
 
 Library code logs; this module (with ``analysis.cli``) is the one place that prints for people. Heavy modules
 (torch, MONAI, transformers) are imported by the handlers only, so ``monai-r2gen --help`` stays fast.
@@ -443,8 +444,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     bundle_root = args.bundle_root or str(config_dir.parent if config_dir.name == "configs" else Path.cwd())
     beside = {"meta_file": config_dir / "metadata.json", "logging_file": config_dir / "logging.conf"}
     files = {key: getattr(args, key) or (str(path) if path.is_file() else None) for key, path in beside.items()}
-    overrides = {"bundle_root": os.path.abspath(bundle_root), **dict(args.overrides)}
-    bundle = _BundleConfigs(configs, dict(args.overrides))
+    watching = {k: getattr(args, k) for k in ("tracking", "tracking_uri", "progress") if getattr(args, k) is not None}
+    overrides = {"bundle_root": os.path.abspath(bundle_root), **dict(args.overrides), **watching}
+    bundle = _BundleConfigs(configs, {**dict(args.overrides), **watching})
     if args.run_id not in bundle.merged and args.run_id not in overrides:
         raise InputFileError(bundle.shown, f"no run id '{args.run_id}' (run ids: {', '.join(bundle.run_ids())})")
     print(
@@ -617,6 +619,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--meta-file", default=None, help="default: metadata.json beside the config")
     train.add_argument("--logging-file", default=None, help="default: logging.conf beside the config")
     train.add_argument(
+        "--tracking",
+        choices=["none", "mlflow"],
+        default=None,
+        help='record the run in MLflow (pip install "monai-r2gen[tracking]")',
+    )
+    train.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store: a folder (SQLite inside), sqlite:/// or http(s):// (default: <output_dir>/mlruns)",
+    )
+    train.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log", "off"],
+        default=None,
+        help="per-stage progress (auto: a bar on a terminal, a few log lines elsewhere)",
+    )
+    train.add_argument(
         "overrides",
         nargs="*",
         type=_override,
@@ -716,6 +735,10 @@ def build_parser() -> argparse.ArgumentParser:
     from monai_r2gen.analysis.cli import add_analyze_parser  # argparse only: no heavy import
 
     add_analyze_parser(sub)
+
+    from monai_r2gen.pacs.cli import register_parser as add_pacs_parser  # argparse only: no heavy import
+
+    add_pacs_parser(sub)
     return parser
 
 

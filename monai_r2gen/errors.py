@@ -23,6 +23,8 @@ __all__ = [
     "CheckpointMismatchError",
     "MetricError",
     "ScorerTimeoutError",
+    "PacsError",
+    "PacsResponseError",
 ]
 
 
@@ -90,3 +92,41 @@ class MetricError(R2GenError, ValueError):
 
 class ScorerTimeoutError(MetricError):
     """An external scorer (the Java METEOR / SPICE jars) ran past its time limit."""
+
+
+class PacsError(R2GenError):
+    """A DICOMweb request to a PACS failed: the server could not be reached, or it answered with an error status.
+
+    Args:
+        url: the request URL (user and password, if any, are removed from the message).
+        reason: a short reason (no patient identifiers).
+        status: the HTTP status code, when the server answered.
+    """
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        self.url = _without_credentials(url)
+        self.reason = reason
+        self.status = status
+        where = f"{self.url}: HTTP {status}" if status is not None else self.url
+        super().__init__(f"{where}: {reason}")
+
+    def __reduce__(self):  # keep the signature picklable, as InputFileError does
+        return (self.__class__, (self.url, self.reason, self.status))
+
+
+class PacsResponseError(PacsError):
+    """A PACS answered, but not with what DICOMweb prescribes (not JSON, a malformed multipart body, an instance it
+    refused to store)."""
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))

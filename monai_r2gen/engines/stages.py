@@ -163,12 +163,17 @@ def apply_stage(
             model.trained.add(part)
     for name, param in groups["projector"]:
         # the finding head is the encoder's auxiliary classifier: it trains with the projector or with the encoder;
-        # the finding prompts are what the LLM reads labels from: they train with the projector or a fully trained LLM;
+        # the finding prompts (and the attribute target prompts) are what the LLM reads labels from: they train with the
+        # projector or a fully trained LLM;
         # the attribute head reads the projector's prompts: in a findings-only stage it trains with the projector
         # (view fusion included), as the projector does with it
         head = name.startswith("finding_head.") and encoder_mode != "frozen"
-        prompts = name.startswith("finding_prompts.") and preset.llm == "full"
-        visual = preset.findings_only and attribute_head and not name.startswith(("finding_head.", "finding_prompts."))
+        prompts = name.startswith(("finding_prompts.", "attribute_prompts.")) and preset.llm == "full"
+        visual = (
+            preset.findings_only
+            and attribute_head
+            and not name.startswith(("finding_head.", "finding_prompts.", "attribute_prompts."))
+        )
         param.requires_grad_(preset.projector or head or prompts or visual)
 
     if preset.llm == "lora" and not any("lora_" in name for name, _ in groups["llm"]):

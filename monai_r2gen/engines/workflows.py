@@ -314,8 +314,9 @@ class ReportBatchPreparer:
 
     In every mode but ``"generate"``, ``attribute_presence`` and ``attribute_fields`` of the batch (targets of the
     generator's attribute head, :class:`~monai_r2gen.data.finding_attributes.FindingAttributeTargetsd`) are passed
-    on. In ``"train"`` mode a batch with ``finding_labels`` also passes ``teacher_forcing`` (when above 0): the share of
-    studies whose finding prompts carry their report's labels instead of the head's prediction.
+    on. In ``"train"`` mode a batch with ``finding_labels`` or attribute targets also passes ``teacher_forcing`` (when
+    above 0): the share of studies whose finding prompts carry their report's labels instead of the head's prediction,
+    and whose anchored visual prompts are the attribute target prompts (``GeneratorConfig.attribute_prompts``).
 
     When the batch holds cached encoder tokens (``tokens_key``, ``(B, V, N, D)``) they are passed as
     ``visual_tokens`` and ``images`` is None.
@@ -386,6 +387,8 @@ class ReportBatchPreparer:
                     extra["view_mask"] = move(batchdata["view_mask"])
             elif self.teacher_forcing > 0:
                 extra["teacher_forcing"] = self.teacher_forcing
+        if self.mode == "train" and self.teacher_forcing > 0 and "attribute_presence" in extra:
+            extra["teacher_forcing"] = self.teacher_forcing  # the attribute target prompts (with or without labels)
         return images, references, (), extra
 
 
@@ -551,7 +554,16 @@ class ReportTrainingWorkflow:
         seed: random seed (model init, data order, dropout).
         gradient_checkpointing: enable gradient checkpointing in the LLM / encoder when supported.
         tensorboard: write TensorBoard logs.
-        progress_bar: show an Ignite progress bar.
+        progress_bar: force the progress bar (``progress="bar"``; kept for older configs).
+        progress: per-stage progress (:func:`monai_r2gen.engines.progress.attach_progress`): ``"auto"`` (a bar on a
+            terminal, a few log lines elsewhere), ``"bar"``, ``"log"`` or ``"off"`` (a log line every fifth of an
+            epoch).
+        tracking: ``"mlflow"`` records parameters, per-stage losses, validation scores and the final model in MLflow
+            (:mod:`monai_r2gen.engines.tracking`; needs ``pip install "monai-r2gen[tracking]"``); None: off.
+        tracking_uri: the MLflow store: a folder (SQLite inside), ``sqlite:///`` or ``http(s)://`` (default
+            ``<output_dir>/mlruns``).
+        experiment_name / run_name: MLflow experiment and run (default run name: the output folder's, so a resumed
+            training continues the same run).
         feature_cache_dir: cache root; default ``<output_dir>/feature_cache``.
         resume: continue from the last checkpoints / completed stages found in ``output_dir``.
         stop_after_iterations: testing aid: stop the run (as if killed) after this many iterations of the current
@@ -590,6 +602,11 @@ class ReportTrainingWorkflow:
         gradient_checkpointing: bool = False,
         tensorboard: bool = True,
         progress_bar: bool = False,
+        progress: str = "auto",
+        tracking: str | None = None,
+        tracking_uri: str | os.PathLike | None = None,
+        experiment_name: str = "monai-r2gen",
+        run_name: str | None = None,
         feature_cache_dir: str | os.PathLike | None = None,
         resume: bool = True,
         stop_after_iterations: int | None = None,
@@ -628,7 +645,17 @@ class ReportTrainingWorkflow:
         self.seed = int(seed)
         self.gradient_checkpointing = gradient_checkpointing
         self.tensorboard = tensorboard
-        self.progress_bar = progress_bar
+        from monai_r2gen.engines.progress import resolve_mode
+
+        self.progress = "bar" if progress_bar else progress
+        resolve_mode(self.progress)  # unknown modes are refused before any work
+        if tracking not in (None, "none", "mlflow"):
+            raise ValueError(f"tracking must be 'none' or 'mlflow', got {tracking!r}")
+        self.tracking = None if tracking in (None, "none") else tracking
+        self.tracking_uri = tracking_uri or self.output_dir / "mlruns"
+        self.experiment_name = experiment_name
+        self.run_name = run_name or self.output_dir.resolve().name
+        self._tracker: Any = None
         self.feature_cache_dir = Path(feature_cache_dir) if feature_cache_dir else self.output_dir / "feature_cache"
         self.resume = resume
         self.stop_after_iterations = stop_after_iterations
@@ -1041,13 +1068,17 @@ class ReportTrainingWorkflow:
 
         LrScheduleHandler(scheduler, print_lr=False, epoch_level=False).attach(trainer)
         GradientClipHandler(float(stage.grad_clip or 0.0)).attach(trainer)
-        log_every = max(1, epoch_length // 5)
-        StatsHandler(
-            tag_name="train_loss",
-            output_transform=_loss_value,
-            name=None,
-            iteration_log=lambda _, i: i % log_every == 0,
-        ).attach(trainer)
+        from monai_r2gen.engines.progress import attach_progress
+
+        progress = attach_progress(trainer, stage.name, total=total_iterations, mode=self.progress)
+        if progress is None:  # "off" (or rank > 0): a log line every fifth of an epoch
+            log_every = max(1, epoch_length // 5)
+            StatsHandler(
+                tag_name="train_loss",
+                output_transform=_loss_value,
+                name=None,
+                iteration_log=lambda _, i: i % log_every == 0,
+            ).attach(trainer)
         if writer is not None:
             TensorBoardStatsHandler(
                 summary_writer=writer, tag_name="train_loss", output_transform=_loss_value, epoch_log=False
@@ -1056,10 +1087,12 @@ class ReportTrainingWorkflow:
             ValidationHandler(
                 validator=evaluator, interval=int(stage.val_interval), epoch_level=bool(stage.val_epoch_level)
             ).attach(trainer)
-        if self.progress_bar:
-            from ignite.handlers import ProgressBar
-
-            ProgressBar(persist=False).attach(trainer, output_transform=lambda x: {"loss": _loss_value(x)})
+        tracker = self._mlflow()
+        if tracker is not None:
+            tracker.attach(trainer, evaluator, stage=stage.name, stage_params=dict(stage), params={
+                "seed": self.seed, "image_size": self.image_size, "max_views": self.max_views,
+                "max_length": self.max_length, "report_style": self.report_style, "target": self.target,
+                "dataset_dir": str(self.dataset_dir), "network": _unwrap(self.network).config.to_dict()})  # fmt: skip
         CheckpointSaver(
             save_dir=str(ckpt_dir),
             save_dict=save_dict,
@@ -1097,6 +1130,8 @@ class ReportTrainingWorkflow:
         finally:
             if writer is not None:
                 writer.close()
+            if progress is not None:
+                progress.close()
         self._barrier()  # rank 0 has written the stage's files
         elapsed = time.perf_counter() - start
         result: dict[str, Any] = {
@@ -1148,6 +1183,7 @@ class ReportTrainingWorkflow:
         try:
             self.ensure_dataset()
             self.build_network()
+            self._mlflow()  # a missing mlflow fails before any training
             interrupted = False
             for stage in self.stages:
                 if not stage.enabled:
@@ -1186,17 +1222,48 @@ class ReportTrainingWorkflow:
         network = _unwrap(self.network)
         self.model_dir.mkdir(parents=True, exist_ok=True)
         network.save_pretrained(str(self.model_dir))
+        from monai_r2gen.inference import model_fingerprint
+        from monai_r2gen.networks.model_card import write_model_card
+
         summary = {
             "stages": self.history,
             "seed": self.seed,
             "image_size": self.image_size,
             "max_views": self.max_views,
             "max_length": self.max_length,
+            "stage_settings": {s.name: dict(s) for s in self.stages if s.enabled},
+            "dataset": {
+                "name": self.dataset_dir.name,
+                "dataset_dir": str(self.dataset_dir),
+                "annotation_file": str(self.annotation_file),
+                "train_split": self.train_split,
+                "val_split": self.val_split,
+                "train_studies": len(self._manifest_items(self.train_split)),
+                "val_studies": len(self._manifest_items(self.val_split)),
+                "report_style": self.report_style,
+                "target": self.target,
+                "synthetic": bool(self.findings_file and _is_phantom_findings(self.findings_file)),
+            },
+            "model": model_fingerprint(self.model_dir),
         }
-        (self.model_dir / "training_summary.json").write_text(
-            json.dumps(summary, indent=2, default=str), encoding="utf-8"
-        )
+        atomic_write_text(self.model_dir / "training_summary.json", json.dumps(summary, indent=2, default=str))
+        write_model_card(self.model_dir)  # the card now names the stages and the data set
         logger.info("saved the model to %s", self.model_dir)
+        tracker = self._mlflow()
+        if tracker is not None:
+            tracker.log_model_dir(self.model_dir)
+            tracker.close()
+
+    def _mlflow(self) -> Any:
+        """The MLflow tracker of this run (rank 0, ``tracking="mlflow"``), created on first use; None otherwise."""
+        if self.tracking != "mlflow" or not is_main_process():
+            return None
+        if self._tracker is None:
+            from monai_r2gen.engines.tracking import MLflowTracker
+
+            self._tracker = MLflowTracker(self.tracking_uri, experiment_name=self.experiment_name,
+                                          run_name=self.run_name)  # fmt: skip
+        return self._tracker
 
 
 class _FinalValidation:
@@ -1317,6 +1384,8 @@ class ReportEvaluationWorkflow:
         bootstrap: bootstrap draws of the 95% intervals of every score (``"intervals"`` in ``scores.json``; 0: none).
         seed: seed of the draws.
         nlg_metrics: subset of ``("BLEU", "METEOR", "ROUGE-L", "CIDEr")``; None: all (METEOR needs Java).
+        model_card: record the scores in the model folder's card (``README.md``, ``evaluation.json``) when the whole
+            split was scored (:func:`monai_r2gen.networks.model_card.write_model_card`).
     """
 
     def __init__(
@@ -1345,6 +1414,7 @@ class ReportEvaluationWorkflow:
         bootstrap: int = 1000,
         seed: int = 0,
         nlg_metrics: Sequence[str] | None = None,
+        model_card: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.dataset_dir = Path(dataset_dir)
@@ -1372,6 +1442,7 @@ class ReportEvaluationWorkflow:
         self.bootstrap = int(bootstrap)
         self.seed = int(seed)
         self.nlg_metrics = None if nlg_metrics is None else list(nlg_metrics)
+        self.model_card = bool(model_card)
 
     def score(self, ids: Sequence[str], refs: Sequence[str], hyps: Sequence[str]) -> dict[str, Any]:
         """The scores of generated reports: :func:`~monai_r2gen.metrics.report_scores.score_reports` (the one
@@ -1477,4 +1548,12 @@ class ReportEvaluationWorkflow:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.output_dir / "scores.json", json.dumps(result, indent=2))
             logger.info("wrote %s", self.output_dir / "scores.json")
+            if self.model_card and not self.max_studies:  # not partial scores
+                from monai_r2gen.errors import R2GenError
+                from monai_r2gen.networks.model_card import write_model_card
+
+                try:
+                    write_model_card(self.model_dir, scores=result)
+                except (OSError, R2GenError) as exc:  # e.g. a read-only shared model folder
+                    logger.warning("model card of %s not updated (%s)", self.model_dir, exc)
         return result

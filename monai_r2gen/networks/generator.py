@@ -63,7 +63,9 @@ from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError, ModelF
 from monai_r2gen.files import OutputFileError, apply_umask
 from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
 from monai_r2gen.networks.attribute_head import FindingAttributeHead
+from monai_r2gen.networks.attribute_prompts import AttributeTargets, alignment_loss
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
+from monai_r2gen.networks.model_card import CARD_NAME, build_model_card, card_may_be_written, model_card_facts
 from monai_r2gen.networks.projectors import (
     FUSION_MODES,
     PROJECTOR_KINDS,
@@ -208,6 +210,12 @@ class GeneratorConfig:
             attributes (side, size, lobe ...; :class:`~monai_r2gen.networks.attribute_head.FindingAttributeHead`),
             an auxiliary loss on the visual path wherever the projector or encoder trains.
         attribute_loss_weight: weight of the probe's loss added to the LM loss.
+        attribute_prompts: learned target prompts of the first 9 visual prompts, built from each training study's
+            findings (:class:`~monai_r2gen.networks.attribute_prompts.AttributeTargets`): with ``teacher_forcing``
+            the language model reads the targets in place of the projector's prompts (per study), and an alignment
+            loss pulls the projector's prompts towards them. Training only: at inference the projector's prompts
+            are the only way in. Needs ``attribute_head`` (its targets reach the batches).
+        attribute_prompt_weight: weight of the alignment loss added to the LM loss.
     """
 
     encoder: str = "small_cnn"
@@ -253,6 +261,8 @@ class GeneratorConfig:
     hard_finding_prompts: bool = False
     attribute_head: bool = False
     attribute_loss_weight: float = 1.0
+    attribute_prompts: bool = False
+    attribute_prompt_weight: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -270,6 +280,7 @@ class GeneratorConfig:
             (self.prompt_scale in ("layernorm", "embedding"), "prompt_scale must be 'layernorm' or 'embedding'"),
             (self.finding_head or not self.finding_prompts, "finding_prompts needs finding_head"),
             (self.finding_prompts or not self.hard_finding_prompts, "hard_finding_prompts needs finding_prompts"),
+            (self.attribute_head or not self.attribute_prompts, "attribute_prompts needs attribute_head"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -619,6 +630,13 @@ class RadiologyReportGenerator(nn.Module):
                 torch.manual_seed(config.seed + 1)
                 hidden = int(self.llm.get_input_embeddings().weight.shape[1])
                 self.attribute_head = FindingAttributeHead(self._num_image_tokens, hidden)
+        self.attribute_prompts: AttributeTargets | None = None
+        if config.attribute_prompts:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + 2)
+                embedding = self.llm.get_input_embeddings().weight
+                self.attribute_prompts = AttributeTargets(int(embedding.shape[1]),
+                                                          float(embedding.detach().float().std()))  # fmt: skip
         self.bases = bases or {}
         self.trained: set[str] = set()  # components whose full weights were trained ("encoder", "llm")
 
@@ -722,7 +740,8 @@ class RadiologyReportGenerator(nn.Module):
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {"encoder": [], "projector": [], "llm": []}
         for name, param in self.named_parameters():
             part = name.split(".", 1)[0]
-            projector = part in ("fusion", "projector", "finding_head", "finding_prompts", "attribute_head")
+            projector = part in ("fusion", "projector", "finding_head", "finding_prompts", "attribute_head",
+                                 "attribute_prompts")  # fmt: skip
             groups["projector" if projector else part].append((name, param))
         return groups
 
@@ -992,7 +1011,7 @@ class RadiologyReportGenerator(nn.Module):
         if aux and visual_tokens is None and images is not None:  # encode once, for the prompts and the head
             visual_tokens, images = self.encode_views(images, view_mask), None
         aux = aux and visual_tokens is not None  # text-only batches have no findings to predict
-        prompts = None
+        prompts, alignment = None, None
         if text_only:
             embeds, text_mask = self.prepare_inputs_embeds(input_ids, attention_mask)
             if self.finding_prompts is not None and finding_labels is not None:
@@ -1004,7 +1023,10 @@ class RadiologyReportGenerator(nn.Module):
                 forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, teacher_forcing)
             if images is not None or visual_tokens is not None:
                 prompts = self.encode_images(images, view_mask, visual_tokens, forced)
-            embeds, attention_mask = self.prepare_inputs_embeds(input_ids, attention_mask, prompts=prompts)
+            shown, alignment = prompts, None
+            if prompts is not None and self.attribute_prompts is not None and attribute_presence is not None:
+                shown, alignment = self._target_prompts(prompts, attribute_presence, attribute_fields, teacher_forcing)
+            embeds, attention_mask = self.prepare_inputs_embeds(input_ids, attention_mask, prompts=shown)
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         output = self.llm(
             inputs_embeds=embeds,
@@ -1027,7 +1049,36 @@ class RadiologyReportGenerator(nn.Module):
             output["attribute_loss"] = attribute_loss
             weighted = self.config.attribute_loss_weight * attribute_loss
             output["loss"] = weighted if output.loss is None else output.loss + weighted.to(output.loss.dtype)
+        if alignment is not None and alignment.requires_grad:
+            output["alignment_loss"] = alignment
+            weighted = self.config.attribute_prompt_weight * alignment
+            output["loss"] = weighted if output.loss is None else output.loss + weighted.to(output.loss.dtype)
         return output
+
+    def _target_prompts(
+        self,
+        prompts: tuple[torch.Tensor, torch.Tensor],
+        presence: torch.Tensor,
+        fields: torch.Tensor | None,
+        share: float,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The prompts the LLM is shown with target prompts (:mod:`~monai_r2gen.networks.attribute_prompts`): the
+        first 9 replaced by the study's targets for a random ``share`` of the studies, and the alignment loss of
+        the projector's first 9 prompts to those targets."""
+        assert self.attribute_prompts is not None
+        values, mask = prompts
+        if fields is None:
+            raise ValueError("attribute prompts need attribute_fields beside attribute_presence")
+        anchored = self.attribute_prompts.num_anchored
+        targets = self.attribute_prompts(presence, fields).to(values.dtype)
+        alignment = alignment_loss(values[:, :anchored], targets)
+        if share <= 0:
+            return prompts, alignment
+        first = targets
+        if share < 1:
+            pick = torch.rand(values.shape[0], 1, 1, device=values.device) < share
+            first = torch.where(pick, targets, values[:, :anchored])
+        return (torch.cat([first, values[:, anchored:]], dim=1), mask), alignment
 
     def _attribute_head_trains(self) -> bool:
         head = self.attribute_head
@@ -1217,6 +1268,10 @@ class RadiologyReportGenerator(nn.Module):
         summary) are kept; model parts the new save does not write (an old ``llm_lora/``) are removed. Every file
         gets the permissions the process umask allows (safetensors writes 0600).
 
+        A model card (``README.md``, :mod:`monai_r2gen.networks.model_card`) is written with the weights, from
+        ``generator.json`` and the training summary / evaluation record of ``save_dir`` that describe these weights.
+        A ``README.md`` of the user's (one without the card's marker) is kept as it is.
+
         Args:
             save_dir: output directory (created).
             merge_lora: merge LoRA adapters into full weights (``llm/`` and ``encoder/`` become standalone models).
@@ -1225,8 +1280,12 @@ class RadiologyReportGenerator(nn.Module):
             OutputFileError: ``save_dir`` is a file.
         """
         out = Path(save_dir)
+        card = card_may_be_written(out)  # False: the user's own README.md, moved into the new folder as it is
         with _staged_model_dir(out) as stage:
             contents = self._write_model_files(stage, merge_lora)
+            if card:
+                facts = model_card_facts(stage, extras_dir=out)
+                (stage / CARD_NAME).write_text(build_model_card(facts), encoding="utf-8")
         logger.info("saved the report generator to %s (%s)", out, contents)
 
     def _write_model_files(self, out: Path, merge_lora: bool) -> dict[str, Any]:
@@ -1235,7 +1294,7 @@ class RadiologyReportGenerator(nn.Module):
         modules: dict[str, torch.Tensor] = {}
         modules.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
         modules.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
-        for name in ("finding_head", "finding_prompts", "attribute_head"):
+        for name in ("finding_head", "finding_prompts", "attribute_head", "attribute_prompts"):
             module = getattr(self, name)
             if module is not None:
                 modules.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
@@ -1365,7 +1424,7 @@ class RadiologyReportGenerator(nn.Module):
             _load_prefixed(encoder, modules, "encoder.", root / MODULES_NAME)
 
         model = cls(config, encoder, fusion, projector, llm, tokenizer, bases)
-        for name in ("finding_head", "finding_prompts", "attribute_head"):
+        for name in ("finding_head", "finding_prompts", "attribute_head", "attribute_prompts"):
             if getattr(model, name) is not None:
                 _load_prefixed(getattr(model, name), modules, f"{name}.", root / MODULES_NAME)
         model.trained = set(meta.get("trained", []))
@@ -1535,8 +1594,8 @@ def _staged_model_dir(out: Path) -> Iterator[Path]:
                 os.replace(old, out)
                 raise
             kept = []  # the user's files beside the earlier model (training summary, logs) move to the new one
-            for entry in old.iterdir():
-                if entry.name not in _MODEL_ENTRIES:
+            for entry in old.iterdir():  # not those the new save wrote again (its model card)
+                if entry.name not in _MODEL_ENTRIES and not os.path.lexists(out / entry.name):
                     try:
                         os.replace(entry, out / entry.name)
                     except OSError as exc:
@@ -1559,7 +1618,7 @@ def _swap_entries(stage: Path, out: Path, old: Path) -> None:
     for name in (CONFIG_NAME, *(n for n in _MODEL_ENTRIES if n != CONFIG_NAME)):
         if (out / name).exists() or (out / name).is_symlink():
             os.replace(out / name, old / name)
-    for name in (*(n for n in _MODEL_ENTRIES if n != CONFIG_NAME), CONFIG_NAME):
+    for name in (*(n for n in _MODEL_ENTRIES if n != CONFIG_NAME), CARD_NAME, CONFIG_NAME):
         if (stage / name).exists():
             os.replace(stage / name, out / name)
     shutil.rmtree(old, ignore_errors=True)

@@ -63,6 +63,9 @@ def _check_sr(deploy_venv: Path, sr: Path, result: dict, study_dir: Path, model:
     (text,) = _items(ds, "121071")  # Findings
     assert text.TextValue == expected["report"] == result["report"]
     assert ds.ContentSequence[0].ConceptNameCodeSequence[0].CodeMeaning == "Observer Type"
+    (review,) = _items(ds, "121106")  # Comment: machine-generated, for a radiologist to review
+    assert "Machine-generated" in review.TextValue and "radiologist" in review.TextValue
+    assert ds.VerificationFlag == "UNVERIFIED" and ds.PreliminaryFlag == "PRELIMINARY"
 
     # the model: equipment and content name the same device UID
     equipment = ds.ContributingEquipmentSequence[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +355,41 @@ def test_finding_head_trains_on_report_labels(tiny_data: Path, tmp_path: Path) -
     assert not torch.allclose(network.finding_head.weight, before)
     loaded = RadiologyReportGenerator.from_pretrained(tmp_path / "run" / "model")
     torch.testing.assert_close(loaded.finding_head.weight, network.finding_head.weight)
+
+
+@pytest.mark.slow
+def test_training_is_tracked_in_mlflow_shows_progress_and_writes_a_model_card(
+    tiny_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow", reason='MLflow tracking needs the tracking extra: pip install -e ".[tracking]"')
+    from mlflow import MlflowClient
+
+    from monai_r2gen.engines.tracking import mlflow_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    stages = [
+        {"name": "stage0", "batch_size": 8, "max_iterations": 3, "lr": 1e-3, "validate": False},
+        {"name": "stage1", "batch_size": 8, "max_iterations": 4, "lr": 1e-3, "val_interval": 2,
+         "val_epoch_level": False, "selection": "CE-14 micro-F1"},
+    ]  # fmt: skip
+    store = tmp_path / "store"
+    with caplog.at_level(logging.INFO):
+        workflow = _workflow(tiny_data, tmp_path / "run", stages, progress="log", tracking="mlflow",
+                             tracking_uri=store, experiment_name="tiny", run_name="tiny-run")  # fmt: skip
+        assert workflow.run()["complete"]
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage1:")]
+    assert progress and "4/4" in progress[-1] and "loss=" in progress[-1]
+
+    uri, _ = mlflow_store(store)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.run_name == "tiny-run" and run.info.status == "FINISHED"
+    assert run.data.params["seed"] == "7" and run.data.params["stage1/lr"] == "0.001"
+    assert len(client.get_metric_history(run.info.run_id, "stage0/train_loss")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "stage1/train_loss")) == 4
+    assert client.get_metric_history(run.info.run_id, "stage1/val/CE-14 micro-F1")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert "model/generator.json" in artifacts
+
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert card.startswith("---") and "stage0" in card and "stage1" in card and "not a medical device" in card

@@ -356,7 +356,7 @@ def test_save_into_a_folder_whose_parent_is_read_only(saved_model, tmp_path, mon
     model = RadiologyReportGenerator.from_pretrained(saved_model)
     model.merge_and_save(target)
     assert sorted(p.name for p in target.iterdir()) == sorted(
-        ["generator.json", "modules.safetensors", "tokenizer", "llm", "notes.txt"]
+        ["README.md", "generator.json", "modules.safetensors", "tokenizer", "llm", "notes.txt"]
     )
     assert not RadiologyReportGenerator.from_pretrained(target).has_llm_lora
     assert [p.name for p in parent.iterdir()] == ["m"]
