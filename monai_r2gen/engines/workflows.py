@@ -59,8 +59,11 @@ from monai_r2gen.engines.handlers import (
     TrainableState,
     is_main_process,
 )
+from monai_r2gen.engines.progress import attach_progress, resolve_mode
+from monai_r2gen.errors import R2GenError
 from monai_r2gen.files import atomic_write_text
 from monai_r2gen.metrics.report_scores import DEFAULT_CLEAN_STYLE
+from monai_r2gen.networks.model_card import write_model_card
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
@@ -645,8 +648,6 @@ class ReportTrainingWorkflow:
         self.seed = int(seed)
         self.gradient_checkpointing = gradient_checkpointing
         self.tensorboard = tensorboard
-        from monai_r2gen.engines.progress import resolve_mode
-
         self.progress = "bar" if progress_bar else progress
         resolve_mode(self.progress)  # unknown modes are refused before any work
         if tracking not in (None, "none", "mlflow"):
@@ -1068,8 +1069,6 @@ class ReportTrainingWorkflow:
 
         LrScheduleHandler(scheduler, print_lr=False, epoch_level=False).attach(trainer)
         GradientClipHandler(float(stage.grad_clip or 0.0)).attach(trainer)
-        from monai_r2gen.engines.progress import attach_progress
-
         progress = attach_progress(trainer, stage.name, total=total_iterations, mode=self.progress)
         if progress is None:  # "off" (or rank > 0): a log line every fifth of an epoch
             log_every = max(1, epoch_length // 5)
@@ -1223,7 +1222,6 @@ class ReportTrainingWorkflow:
         self.model_dir.mkdir(parents=True, exist_ok=True)
         network.save_pretrained(str(self.model_dir))
         from monai_r2gen.inference import model_fingerprint
-        from monai_r2gen.networks.model_card import write_model_card
 
         summary = {
             "stages": self.history,
@@ -1549,9 +1547,6 @@ class ReportEvaluationWorkflow:
             atomic_write_text(self.output_dir / "scores.json", json.dumps(result, indent=2))
             logger.info("wrote %s", self.output_dir / "scores.json")
             if self.model_card and not self.max_studies:  # not partial scores
-                from monai_r2gen.errors import R2GenError
-                from monai_r2gen.networks.model_card import write_model_card
-
                 try:
                     write_model_card(self.model_dir, scores=result)
                 except (OSError, R2GenError) as exc:  # e.g. a read-only shared model folder

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import textwrap
@@ -23,6 +22,8 @@ from monai_r2gen.apps.monailabel import APP_DIR
 from monai_r2gen.data.studies import collect_studies
 from monai_r2gen.inference import ReportInference
 from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
+
+from .processes import stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -94,13 +95,7 @@ def server(tmp_path_factory, label_venv, tiny_model_dir, rg1_uncompressed, synth
         print(f"[monailabel server up in {time.monotonic() - started:.1f} s]")
         yield base, studies
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=20)
+        stop_process_group(process)
         log.close()
 
 

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -39,6 +38,8 @@ from monai_r2gen.data.report_sr import BASIC_TEXT_SR, SR_SERIES_DESCRIPTION
 from monai_r2gen.data.studies import collect_studies
 from monai_r2gen.inference import ReportInference, model_fingerprint
 from monai_r2gen.pacs.dicomweb import DicomWebClient, json_value, uids_of
+
+from .processes import stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -73,18 +74,6 @@ def _dicomweb_plugin() -> str | None:
 
 def _dciodvfy() -> str | None:
     return shutil.which("dciodvfy")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a process started in a session of its own: its group by id, SIGTERM then SIGKILL."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=20)
 
 
 def _wait_until_up(process: subprocess.Popen, url: str, log: Path, timeout: float, what: str) -> float:
@@ -144,7 +133,7 @@ def orthanc(tmp_path_factory):
         print(f"[Orthanc up in {seconds:.1f} s]")
         yield url
     finally:
-        _stop(process)
+        stop_process_group(process)
         log.close()
 
 
@@ -305,7 +294,7 @@ def label_server(orthanc, stored, tmp_path_factory, label_venv, tiny_model_dir):
         print(f"[MONAI Label (DICOMweb datastore) up in {seconds:.1f} s]")
         yield base, log_path
     finally:
-        _stop(process)
+        stop_process_group(process)
         log.close()
 
 
