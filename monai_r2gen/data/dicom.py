@@ -698,7 +698,8 @@ def read_dicom_pixels(
         if photometric == "MONOCHROME1":
             values = 1.0 - values
     meta.update({"voi": voi, "frame": index if n_frames > 1 else None})
-    return np.clip(values, 0.0, 1.0).astype(np.float32), meta
+    values = np.array(values, dtype=np.float32)  # a copy: never a view of the decoded pixels
+    return np.clip(values, 0.0, 1.0, out=values), meta
 
 
 def dicom_metadata(ds: Dataset) -> dict[str, Any]:
@@ -898,14 +899,16 @@ def _little_endian(ds: Dataset) -> bool:
 
 
 def _apply_modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Stored values -> modality values (Modality LUT Sequence, else Rescale Slope/Intercept), float64."""
+    """Stored values -> modality values (Modality LUT Sequence, else Rescale Slope/Intercept), float32 (exact for
+    stored values of up to 24 bits)."""
     if ds.get("ModalityLUTSequence"):
         table, first, _ = _lut(ds.ModalityLUTSequence[0], _little_endian(ds))
         return _apply_lut(arr, table, first)
-    values = arr.astype(np.float64)
+    values = arr.astype(np.float32)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope not in (None, "") and intercept not in (None, ""):
-        values = values * float(slope) + float(intercept)
+        values *= np.float32(slope)
+        values += np.float32(intercept)
     return values
 
 
@@ -948,16 +951,21 @@ def apply_window(values: np.ndarray, center: float, width: float, function: str 
         width: Window Width (> 0; >= 1 for LINEAR).
         function: VOI LUT Function: "LINEAR", "LINEAR_EXACT" or "SIGMOID".
     """
-    x = np.asarray(values, dtype=np.float64)
+    x = np.asarray(values)
     if function == "SIGMOID":
+        x = x.astype(np.float64)
         return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - center) / width, -700, 700)))
     if function == "LINEAR_EXACT":
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+        return np.clip((x.astype(np.float64) - center) / width + 0.5, 0.0, 1.0)
     if function != "LINEAR":
         logger.warning("unknown VOI LUT Function %r, using LINEAR", function)
     if width <= 1:  # C.11.2.1.2.1: width >= 1; a width of 1 is a threshold at the center
-        return (x > center - 0.5).astype(np.float64)
-    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+        return (x > center - 0.5).astype(np.float32)
+    # float32 and in place: a 2k x 2k radiograph is windowed in a few ms (float64 with copies took ~30 ms)
+    out = np.subtract(x, np.float32(center - 0.5), dtype=np.float32)
+    out *= np.float32(1.0 / (width - 1))
+    out += np.float32(0.5)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def percentile_window(values: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
