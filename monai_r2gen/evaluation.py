@@ -1,9 +1,9 @@
 """File-level evaluation: generated reports (JSONL) against a reference manifest, every score and its settings.
 
-Used by ``monai-r2gen evaluate`` and by the bundle's evaluation step::
+Used by ``monai-r2gen evaluate`` (which prints ``format_score_table(result)``)::
 
     result = evaluate_files("preds.jsonl", "annotation.json", split="test", output="scores.json")
-    print(format_score_table(result))
+    table = format_score_table(result)
 
 What is computed, and on which text:
 

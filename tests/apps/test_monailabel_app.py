@@ -23,12 +23,11 @@ from monai_r2gen.data.studies import collect_studies
 from monai_r2gen.inference import ReportInference
 from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
 
-from .processes import stop_process_group
+from .servers import REQUEST_TIMEOUT, infer_report, stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 START_TIMEOUT = 180.0
-REQUEST_TIMEOUT = 120.0
 
 
 def _free_port() -> int:
@@ -40,18 +39,6 @@ def _free_port() -> int:
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT) as answer:
         return json.loads(answer.read())
-
-
-def _infer(base: str, image: str, params: dict | None = None) -> tuple[int, dict]:
-    query = urllib.parse.urlencode({"image": image, "output": "json"})
-    body = urllib.parse.urlencode({"params": json.dumps(params or {})}).encode()
-    request = urllib.request.Request(f"{base}/infer/report?{query}", data=body, method="POST")
-    request.add_header("Content-Type", "application/x-www-form-urlencoded")
-    try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
 
 
 def _expected(model_dir: Path, inputs: list[Path]) -> dict[str, str]:
@@ -110,14 +97,14 @@ def test_info_lists_the_report_model_unloaded(server, tiny_model_dir) -> None:
 def test_infer_returns_the_generate_report_for_rg1_and_for_a_study_uid(server, tiny_model_dir, synthetic_study):
     base, studies = server
     expected = _expected(tiny_model_dir, [studies / "RG1_UNCR.dcm", synthetic_study])
-    status, rg1 = _infer(base, "RG1_UNCR")
+    status, rg1 = infer_report(base, "RG1_UNCR")
     assert status == 200, rg1
     assert rg1["report"] == expected[rg1["study_id"]]
     assert set(rg1["findings"]) == set(CHEXPERT_LABELS)
     assert rg1["views"] == [str(studies / "RG1_UNCR.dcm")] and rg1["view_positions"] == ["PA"]
 
     (synthetic,) = collect_studies([synthetic_study])
-    status, study = _infer(base, synthetic.study_instance_uid)
+    status, study = infer_report(base, synthetic.study_instance_uid)
     assert status == 200, study
     assert study["report"] == expected[synthetic.study_instance_uid]
     assert [Path(p).name for p in study["views"]] == ["b_frontal.dcm", "a_lateral.dcm"]  # frontal first
@@ -126,11 +113,11 @@ def test_infer_returns_the_generate_report_for_rg1_and_for_a_study_uid(server, t
 
 def test_infer_params_and_bad_ids(server) -> None:
     base, _ = server
-    status, short = _infer(base, "RG1_UNCR", {"max_new_tokens": 2})
-    assert status == 200 and short["report"] != _infer(base, "RG1_UNCR")[1]["report"]
-    status, answer = _infer(base, "no-such-image")
+    status, short = infer_report(base, "RG1_UNCR", {"max_new_tokens": 2})
+    assert status == 200 and short["report"] != infer_report(base, "RG1_UNCR")[1]["report"]
+    status, answer = infer_report(base, "no-such-image")
     assert status == 404 and "no-such-image" in answer["detail"]
-    status, answer = _infer(base, "RG1_UNCR", {"num_beams": "many"})
+    status, answer = infer_report(base, "RG1_UNCR", {"num_beams": "many"})
     assert status == 400 and "num_beams" in answer["detail"]
 
 

@@ -39,14 +39,13 @@ from monai_r2gen.data.studies import collect_studies
 from monai_r2gen.inference import ReportInference, model_fingerprint
 from monai_r2gen.pacs.dicomweb import DicomWebClient, json_value, uids_of
 
-from .processes import stop_process_group
+from .servers import REQUEST_TIMEOUT, infer_report, stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PHANTOM_PATIENT = ("Phantom^Roundtrip", "PHANTOM-4711")
 START_TIMEOUT = 60.0
 LABEL_START_TIMEOUT = 180.0
-REQUEST_TIMEOUT = 120.0
 PLUGIN_CANDIDATES = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so*")
 
 
@@ -260,17 +259,6 @@ def test_pacs_command_stores_a_valid_sr_in_each_study(orthanc, stored, tiny_mode
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _infer(base: str, image: str) -> tuple[int, dict]:
-    query = urllib.parse.urlencode({"image": image, "output": "json"})
-    request = urllib.request.Request(f"{base}/infer/report?{query}", data=b"params=%7B%7D", method="POST")
-    request.add_header("Content-Type", "application/x-www-form-urlencoded")
-    try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
 @pytest.fixture(scope="module")
 def label_server(orthanc, stored, tmp_path_factory, label_venv, tiny_model_dir):
     """The MONAI Label app with Orthanc's DICOMweb root as its studies; yields (base URL, server log path)."""
@@ -309,16 +297,16 @@ def test_monailabel_infers_on_the_series_of_orthanc(label_server, stored, tiny_m
             images = [s for s in client.search_series(study_uid) if json_value(s, "Modality") in ("CR", "DX")]
             (series_uid,) = uids_of(images, "SeriesInstanceUID")
             start = time.perf_counter()
-            status, answer = _infer(base, series_uid)
+            status, answer = infer_report(base, series_uid)
             print(f"[POST /infer/report on a series of {len(files)} view(s): {time.perf_counter() - start:.1f} s]")
             assert status == 200, answer
             assert answer["report"] == expected[study_uid]
             assert answer["study_instance_uid"] == study_uid and len(answer["views"]) == len(files)
             if len(files) == 2:
                 assert answer["view_positions"] == ["PA", "LL"]  # frontal first
-                status, by_uid = _infer(base, study_uid)  # a Study Instance UID: all its CR / DX series
+                status, by_uid = infer_report(base, study_uid)  # a Study Instance UID: all its CR / DX series
                 assert status == 200 and by_uid["report"] == expected[study_uid], by_uid
-    status, answer = _infer(base, "1.2.3.4.5.6.7.8.9")
+    status, answer = infer_report(base, "1.2.3.4.5.6.7.8.9")
     assert status == 404 and "1.2.3.4.5.6.7.8.9" in answer["detail"]
     log = log_path.read_text(errors="replace")
     named = [p for p in patients if p and p in log]
