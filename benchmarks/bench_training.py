@@ -14,7 +14,8 @@ What it measures (every A/B pair interleaved, medians printed):
    (weights copied) and LoRA on the same layers (all linear layers of the LLM, r 16, alpha 32). Loss parity is
    checked on one batch; then the step on identical batches, and a whole epoch of the training split, each side
    with its own batching (ours: the workflow's loader, also with ``group_by_length``; LLaVA: a plain shuffled
-   loader with pad-to-longest collation);
+   loader with pad-to-longest collation); and the host synchronisations of one training forward on the paths a GPU
+   takes (:class:`~monai_r2gen.networks.host_syncs.HostSyncCounter`), the language model's own ones included;
 3. FLOPs of the stage-2 step (``torch.utils.flop_counter.FlopCounterMode``) over its median time, as a share of
    the fp32 matmul peak (2048 x 2048 ``torch.matmul``) measured in the same run;
 4. peak RSS per stage (one subprocess per stage: build, apply the stage, train a few steps).
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from monai_r2gen.networks.host_syncs import HostSyncCounter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -450,6 +453,15 @@ def llava_section(args: argparse.Namespace, work: Path) -> None:
     print(f"  loss on the same batch, copied weights: ours {loss_ours:.6f}, LLaVA {loss_llava:.6f}, "
           f"|diff| {abs(loss_ours - loss_llava):.2e}")  # fmt: skip
     print_ratio("llava_loss_abs_diff", abs(loss_ours - loss_llava) + 1e-12, "<= 1e-6")
+    ours.train()
+    llava.train()
+    with HostSyncCounter(accelerator_paths=True) as ours_syncs:
+        ours(images, **kwargs)
+    with HostSyncCounter(accelerator_paths=True) as llava_syncs:
+        lb.loss(bench.batches[0])
+    print(f"  host synchronisations of one training forward on a GPU's paths: ours {ours_syncs.count} "
+          f"{ours_syncs.events}, LLaVA {llava_syncs.count} {llava_syncs.events}")  # fmt: skip
+    print_ratio("host_syncs_ours_minus_llava", ours_syncs.count - llava_syncs.count, "< 0")
 
     def llava_steps() -> float:
         return lb.run(bench.batches)

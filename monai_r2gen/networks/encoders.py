@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai_r2gen.errors import ModelConfigError
+from monai_r2gen.networks.host_syncs import host_reads_are_free
 
 __all__ = [
     "ENCODER_KINDS",
@@ -157,6 +158,7 @@ class VisionEncoder(nn.Module):
         self.register_buffer("pixel_std", self._channel_tensor(std, "std"), persistent=False)
         self._num_tokens: int | None = None
         self._resize_logged = False
+        self._batch_statistics: bool | None = None
 
     def train(self, mode: bool = True) -> VisionEncoder:
         """Set training mode; a frozen encoder (no parameter requiring gradients) stays in eval mode.
@@ -254,6 +256,12 @@ class VisionEncoder(nn.Module):
         if view_mask is None:
             return self._encode(flat.to(dtype)).reshape(batch, views, -1, self.out_dim)
         keep = view_mask.reshape(-1).to(device=flat.device, dtype=torch.bool)
+        if not host_reads_are_free(keep) and not (self.training and self._tracks_batch_statistics()):
+            # an accelerator: encode the padded views too and zero their tokens rather than stall the host to
+            # pick the real ones (batch statistics in training would see the padding: those pick them)
+            tokens = self._encode(flat.to(dtype))
+            tokens = tokens * keep.to(tokens.dtype).reshape(-1, *([1] * (tokens.ndim - 1)))
+            return tokens.reshape(batch, views, -1, self.out_dim)
         if bool(keep.all()):
             return self._encode(flat.to(dtype)).reshape(batch, views, -1, self.out_dim)
         if not bool(keep.any()):
@@ -268,6 +276,14 @@ class VisionEncoder(nn.Module):
         if self.feature == "pooled":
             return self.encode_pooled(x).unsqueeze(1)
         return self.encode_tokens(x)
+
+    def _tracks_batch_statistics(self) -> bool:
+        """Whether a layer updates running statistics from the batch in training (BatchNorm); looked up once."""
+        if self._batch_statistics is None:
+            self._batch_statistics = any(
+                isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in self.modules()
+            )
+        return self._batch_statistics
 
     def _compute_dtype(self) -> torch.dtype:
         for p in self.parameters():

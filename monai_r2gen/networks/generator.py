@@ -65,6 +65,7 @@ from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
 from monai_r2gen.networks.attribute_head import FindingAttributeHead
 from monai_r2gen.networks.attribute_prompts import AttributeTargets, alignment_loss
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
+from monai_r2gen.networks.host_syncs import host_reads_are_free
 from monai_r2gen.networks.model_card import CARD_NAME, build_model_card, card_may_be_written, model_card_facts
 from monai_r2gen.networks.projectors import (
     FUSION_MODES,
@@ -702,6 +703,11 @@ class RadiologyReportGenerator(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
 
     @property
+    def projector_dtype(self) -> torch.dtype:
+        """The dtype of the view fusion and projector (float32 also when the encoder and LLM are bf16)."""
+        return next(self.projector.parameters()).dtype
+
+    @property
     def num_image_tokens(self) -> int:
         """``K``: soft visual prompts per study, i.e. image token positions in every prompt."""
         return self._num_image_tokens
@@ -835,11 +841,12 @@ class RadiologyReportGenerator(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
 
     def encode_views(self, images: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder tokens ``(B, V, N, D)`` of ``(B, V, C, H, W)`` views (no graph kept when the encoder is frozen)."""
-        if any(p.requires_grad for p in self.encoder.parameters()):
-            return self.encoder(images, view_mask)
-        with torch.no_grad():  # frozen encoder: no activations kept for backward
-            return self.encoder(images, view_mask)
+        """Encoder tokens ``(B, V, N, D)`` of ``(B, V, C, H, W)`` views.
+
+        A frozen encoder keeps no graph without a ``no_grad`` switch: the images require no gradient, so autograd
+        records nothing unless a parameter does (and the forward needs no loop over the parameters to know).
+        """
+        return self.encoder(images, view_mask)
 
     def finding_logits(self, visual_tokens: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Finding head logits ``(B, 14)`` (:data:`~monai_r2gen.metrics.chexpert.CHEXPERT_LABELS` order).
@@ -853,7 +860,7 @@ class RadiologyReportGenerator(nn.Module):
         """
         if self.finding_head is None:
             raise ModelConfigError("this model has no finding head (GeneratorConfig.finding_head=False)")
-        per_view = visual_tokens.float().mean(dim=2)
+        per_view = visual_tokens.mean(dim=2, dtype=torch.float32)
         if view_mask is None:
             pooled = per_view.mean(dim=1)
         else:
@@ -894,7 +901,9 @@ class RadiologyReportGenerator(nn.Module):
             if images is None:
                 raise ValueError("give images or visual_tokens")
             visual_tokens = self.encode_views(images, view_mask)
-        fused, token_mask = self.fusion(visual_tokens.float(), view_mask)
+        if not _autocast_enabled(visual_tokens.device):  # under autocast, autocast picks the matmul dtype
+            visual_tokens = visual_tokens.to(self.projector_dtype)
+        fused, token_mask = self.fusion(visual_tokens, view_mask)
         prompts, prompt_mask = self.projector(fused, token_mask)
         if self.finding_prompts is not None:
             if finding_probabilities is None:
@@ -936,18 +945,19 @@ class RadiologyReportGenerator(nn.Module):
             prompts = self.encode_images(images, view_mask, visual_tokens, finding_probabilities)
         prompts, prompt_mask = prompts
         counts = image_positions.sum(dim=1)
-        if prompts.shape[0] != input_ids.shape[0] or bool((counts != prompts.shape[1]).any()):
+        # checked on CPU tensors only (host_syncs): on an accelerator TokenizeReportd's K image tokens are trusted
+        wrong = prompts.shape[0] != input_ids.shape[0]
+        if wrong or (host_reads_are_free(counts) and bool((counts != prompts.shape[1]).any())):
             raise ModelConfigError(
                 f"the prompts hold {counts.tolist()} image tokens per study but the projector gives "
                 f"{prompts.shape[1]} prompts for each of {prompts.shape[0]} studies; tokenize with "
                 f"num_image_tokens={self.num_image_tokens}"
             )
         embeds = embeds.masked_scatter(image_positions.unsqueeze(-1), prompts.to(embeds.dtype))
-        if not bool(prompt_mask.all()):  # prompts of padded views (concat fusion, token-wise projector)
-            attention_mask = attention_mask.clone()
-            attention_mask[image_positions] = attention_mask[image_positions] * prompt_mask.reshape(-1).to(
-                attention_mask.dtype
-            )
+        if not (host_reads_are_free(prompt_mask) and bool(prompt_mask.all())):
+            # prompts of padded views (concat fusion, token-wise projector) are hidden from attention
+            shown = torch.ones_like(attention_mask).masked_scatter(image_positions, prompt_mask.to(attention_mask))
+            attention_mask = attention_mask * shown
         return embeds, attention_mask
 
     def forward(
@@ -1005,8 +1015,8 @@ class RadiologyReportGenerator(nn.Module):
             return self._findings_only(images, view_mask, visual_tokens, finding_labels, attribute_targets)
         if input_ids is None:
             raise ValueError("input_ids are required")
-        if labels is not None and bool((labels[input_ids == self.image_token_id] != IGNORE_INDEX).any()):
-            raise ValueError("labels must be -100 on image token positions")
+        if labels is not None:  # the visual prompts are inputs, never targets
+            labels = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)
         aux = finding_labels is not None and self.finding_head is not None
         if aux and visual_tokens is None and images is not None:  # encode once, for the prompts and the head
             visual_tokens, images = self.encode_views(images, view_mask), None
@@ -1489,6 +1499,14 @@ def _build_head(config: GeneratorConfig, encoder: VisionEncoder, llm: nn.Module)
         grid=config.grid_size,
     )
     return fusion, projector
+
+
+def _autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``'s type (False for a type autocast does not know, such as meta)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:
+        return False
 
 
 def _base_record(path: str | os.PathLike | None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from monai_r2gen.errors import ModelConfigError
+from monai_r2gen.networks.host_syncs import host_reads_are_free
 
 __all__ = [
     "FUSION_MODES",
@@ -96,11 +97,11 @@ class ViewFusion(nn.Module):
         view_mask = view_mask.to(device=tokens.device, dtype=torch.bool)
         if view_mask.shape != (batch, views):
             raise ValueError(f"view_mask shape {tuple(view_mask.shape)} does not match {batch} studies x {views} views")
-        if not bool(view_mask.any(dim=1).all()):
+        if host_reads_are_free(view_mask) and not bool(view_mask.any(dim=1).all()):
             raise ValueError("a study in the batch has no view (view_mask all False)")
         if self.mode == "mean":
             weights = view_mask.to(tokens.dtype)[:, :, None, None]
-            fused = (tokens * weights).sum(dim=1) / weights.sum(dim=1)
+            fused = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
             return fused, torch.ones(batch, num, dtype=torch.bool, device=tokens.device)
         if views < self.max_views:  # pad to the fixed number of view slots so the prompt count stays constant
             pad = tokens.new_zeros(batch, self.max_views - views, num, dim)
@@ -244,7 +245,7 @@ class AttentionPoolProjector(Projector):
     def attention(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pooling weights ``(B, K, T)`` (each row sums to 1 over the real tokens)."""
         scores = self.scores(self.token_norm(tokens)).transpose(1, 2)
-        if token_mask is not None and not bool(token_mask.all()):
+        if token_mask is not None and not (host_reads_are_free(token_mask) and bool(token_mask.all())):
             scores = scores.masked_fill(~token_mask.to(device=scores.device, dtype=torch.bool)[:, None, :], -1e4)
         return scores.float().softmax(dim=-1).to(tokens.dtype)
 
@@ -316,9 +317,9 @@ class AttentionResampler(Projector):
         batch = tokens.shape[0]
         kv = self.kv_norm(self.kv_proj(tokens))
         padding = None
-        if token_mask is not None and not bool(token_mask.all()):
+        if token_mask is not None and not (host_reads_are_free(token_mask) and bool(token_mask.all())):
             padding = ~token_mask.to(device=tokens.device, dtype=torch.bool)
-            if bool(padding.all(dim=1).any()):
+            if host_reads_are_free(padding) and bool(padding.all(dim=1).any()):
                 raise ValueError("a study has no visual token to attend to")
         queries = self.queries.to(kv.dtype).unsqueeze(0).expand(batch, -1, -1)
         for layer in self.layers:

@@ -20,6 +20,7 @@ from monai_r2gen.networks.generator import (
     load_causal_lm,
     load_tokenizer,
 )
+from monai_r2gen.networks.host_syncs import HostSyncCounter
 
 from .conftest import ENCODER_FAMILIES, IMAGE_SIZE, LLM_FAMILIES, tiny_config
 
@@ -127,9 +128,62 @@ def test_wrong_number_of_image_tokens_is_refused(make_model, reports):
     ids[0, first] = model.tokenizer.eos_token_id
     with pytest.raises(ModelConfigError, match="image tokens"):
         model(batch["image"], ids, batch["attention_mask"])
-    with pytest.raises(ValueError, match="-100"):
-        labels = batch["input_ids"].clone()
-        model(batch["image"], batch["input_ids"], batch["attention_mask"], labels)
+
+
+def test_labels_on_image_positions_are_ignored(make_model, reports):
+    model = make_model()
+    batch, _ = _batch(model, reports[:2], views=[1, 2])
+    model.eval()
+    args = (batch["image"], batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        clean = model(*args, batch["labels"], view_mask=batch["view_mask"]).loss
+        labels = batch["labels"].clone()
+        image = batch["input_ids"] == model.image_token_id
+        labels[image] = batch["input_ids"][image]  # the placeholder ids as targets: a collate's mistake
+        dirty = model(*args, labels, view_mask=batch["view_mask"]).loss
+    torch.testing.assert_close(dirty, clean)
+    assert bool((labels[image] != IGNORE_INDEX).all())  # the caller's tensor is not written
+
+
+@pytest.mark.parametrize("projector,fusion", [("resampler", "mean"), ("linear", "concat"), ("mlp", "concat")])
+def test_no_host_read_before_the_llm_off_the_cpu(make_model, reports, projector, fusion):
+    """On CPU tensors the checks read values (free there); on any other device the visual path reads none: the
+    meta device, where every host read raises, stands in for a GPU."""
+    model = make_model(projector=projector, view_fusion=fusion, finding_head=True, finding_prompts=True)
+    batch, _ = _batch(model, reports[:3], views=[1, 2, 1])
+    model.eval()
+    with HostSyncCounter() as syncs:
+        model.prepare_inputs_embeds(batch["input_ids"], batch["attention_mask"], images=batch["image"],
+                                    view_mask=batch["view_mask"])  # fmt: skip
+    assert syncs.count > 0  # the counter sees the CPU checks
+    on_meta = {k: v.to("meta") for k, v in batch.items() if torch.is_tensor(v)}
+    model.to("meta")
+    embeds, mask = model.prepare_inputs_embeds(on_meta["input_ids"], on_meta["attention_mask"],
+                                               images=on_meta["image"], view_mask=on_meta["view_mask"])  # fmt: skip
+    assert embeds.shape == (*batch["input_ids"].shape, model.llm_config.hidden_size) and mask.shape == embeds.shape[:2]
+    model.train()  # BatchNorm in training picks the real views (it must not see the padding): the one host read
+    with pytest.raises(RuntimeError, match="meta"):
+        model.encode_views(on_meta["image"], on_meta["view_mask"])
+
+
+def test_accelerator_paths_give_the_cpu_results_without_host_reads(make_model, reports):
+    """The accelerator paths (encode every view and zero the padded ones, mask without testing) give the CPU paths'
+    prompts and loss; in eval they read no value before the LLM, in training BatchNorm's pick of the real views does."""
+    model = make_model(projector="linear", view_fusion="concat")
+    batch, _ = _batch(model, reports[:3], views=[1, 2, 1])
+    model.eval()
+    with torch.no_grad():
+        args = (batch["input_ids"], batch["attention_mask"])
+        cpu_embeds, cpu_mask = model.prepare_inputs_embeds(*args, images=batch["image"], view_mask=batch["view_mask"])
+        with HostSyncCounter(accelerator_paths=True) as syncs:
+            embeds, mask = model.prepare_inputs_embeds(*args, images=batch["image"], view_mask=batch["view_mask"])
+    assert syncs.count == 0, syncs.events
+    torch.testing.assert_close(embeds, cpu_embeds)
+    assert torch.equal(mask, cpu_mask) and not bool(mask.all())  # padded views' prompts hidden both ways
+    model.train()
+    with HostSyncCounter(accelerator_paths=True) as syncs:
+        model.encode_views(batch["image"], batch["view_mask"])
+    assert syncs.events == ["_local_scalar_dense", "_local_scalar_dense", "index", "index_put_"]
 
 
 def test_text_only_forward_hides_image_positions(make_model, reports):
