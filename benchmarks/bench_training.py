@@ -13,7 +13,8 @@ What it measures (every A/B pair interleaved, medians printed):
    small CNN as LLaVA's vision tower, view fusion + resampler as its multi-modal projector, the same Llama
    (weights copied) and LoRA on the same layers (all linear layers of the LLM, r 16, alpha 32). Loss parity is
    checked on one batch; then the step on identical batches, and a whole epoch of the training split, each side
-   with its own batching (ours: the workflow's loader, also with ``group_by_length``; LLaVA: a plain shuffled
+   with its own batching (ours: the workflow's loader, also with ``group_by_length`` and with ``pack_sequences``, the
+   same batches packed into fewer rows; LLaVA: a plain shuffled
    loader with pad-to-longest collation); and the host synchronisations of one training forward on the paths a GPU
    takes (:class:`~monai_r2gen.networks.host_syncs.HostSyncCounter`), the language model's own ones included;
 3. FLOPs of the stage-2 step (``torch.utils.flop_counter.FlopCounterMode``) over its median time, as a share of
@@ -128,9 +129,9 @@ class StageBench:
         batches = self.batches if batches is None else batches
         return sum(int(b["input_ids"].shape[0]) for b in batches)
 
-    def trainer_run(self, batches: list[dict] | None = None, loader: Any = None) -> float:
-        """Seconds of ``trainer.run()`` over the batches (or a loader) with the workflow's clip and LR handlers;
-        building the trainer is not timed."""
+    def trainer_run(self, batches: list[dict] | None = None, loader: Any = None, pack: bool = False) -> float:
+        """Seconds of ``trainer.run()`` over the batches (or a loader) with the workflow's clip and LR handlers
+        (``pack``: with ``pack_sequences``); building the trainer is not timed."""
         from monai.handlers import LrScheduleHandler
 
         from monai_r2gen.engines.handlers import GradientClipHandler
@@ -146,6 +147,7 @@ class StageBench:
             text_only=bool(self.stage.text_only),
             findings_only=self.preset.findings_only,
             teacher_forcing=float(self.stage.teacher_forcing),
+            pack_sequences=pack,
         )
         LrScheduleHandler(self.scheduler, print_lr=False, epoch_level=False).attach(trainer)
         GradientClipHandler(self.grad_clip).attach(trainer)
@@ -479,12 +481,14 @@ def llava_section(args: argparse.Namespace, work: Path) -> None:
     loaders = {
         "ours": workflow._loader(bench.dataset, batch_size, train=True)[0],
         "ours-grouped": workflow._loader(bench.dataset, batch_size, train=True, group_by_length=True)[0],
+        "ours-packed": workflow._loader(bench.dataset, batch_size, train=True)[0],
         "llava": torch.utils.data.DataLoader(samples, batch_size=batch_size, shuffle=True, generator=generator,
                                              collate_fn=llava_collate(int(ours.tokenizer.pad_token_id))),
     }  # fmt: skip
     runs = {
         "ours": lambda: bench.trainer_run(loader=loaders["ours"]),
         "ours-grouped": lambda: bench.trainer_run(loader=loaders["ours-grouped"]),
+        "ours-packed": lambda: bench.trainer_run(loader=loaders["ours-packed"], pack=True),
         "llava": lambda: lb.run(loaders["llava"]),
     }
     times = interleave(runs, args.epoch_repeats)
@@ -500,6 +504,8 @@ def llava_section(args: argparse.Namespace, work: Path) -> None:
     print_ratio("epoch_throughput_ours_over_llava", median(times["llava"]) / median(times["ours"]), ">= 1.2")
     print_ratio("epoch_throughput_ours_grouped_over_llava",
                 median(times["llava"]) / median(times["ours-grouped"]), ">= 1.2")  # fmt: skip
+    print_ratio("epoch_throughput_ours_packed_over_llava",
+                median(times["llava"]) / median(times["ours-packed"]), ">= 1.2")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

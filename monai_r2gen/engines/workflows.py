@@ -60,6 +60,7 @@ from monai_r2gen.engines.handlers import (
     is_main_process,
 )
 from monai_r2gen.engines.progress import attach_progress, resolve_mode
+from monai_r2gen.engines.sharding import PARALLEL_MODES, ShardedStage
 from monai_r2gen.errors import R2GenError
 from monai_r2gen.files import atomic_write_text
 from monai_r2gen.metrics.report_scores import DEFAULT_CLEAN_STYLE
@@ -115,8 +116,10 @@ DEFAULT_STAGE_SETTINGS: dict[str, Any] = {
     "handover": "best",  # weights passed to the next stage: "best" validated or "last"
     "augment": False,
     "group_by_length": False,  # batches of similar report lengths (less padding: faster LLM stages)
+    "pack_sequences": False,  # the LLM runs on the batch's attended positions packed into fewer rows (same loss)
     "feature_cache": "auto",  # "auto" (when the encoder is frozen and augment is off), True or False
     "generation": {},  # generate() kwargs for validation (max_new_tokens, num_beams, repetition_penalty ...)
+    "parallel": "ddp",  # with distributed: "ddp" (every rank holds the model) or "fsdp" (engines/sharding.py)
 }
 
 #: the default stage list (stage lengths are epochs or iterations, never wall-clock time)
@@ -139,6 +142,9 @@ class StageSettings(dict):
             raise ValueError(f"unknown stage settings {unknown}; known: {sorted(DEFAULT_STAGE_SETTINGS)}")
         if not merged["name"]:
             raise ValueError("every stage needs a 'name'")
+        if merged["parallel"] not in PARALLEL_MODES:
+            raise ValueError(f"stage {merged['name']}: parallel must be one of {PARALLEL_MODES}, "
+                             f"got {merged['parallel']!r}")  # fmt: skip
         super().__init__(merged)
 
     def __getattr__(self, key: str) -> Any:
@@ -330,6 +336,8 @@ class ReportBatchPreparer:
         tokens_key: batch key of cached encoder tokens.
         report_key: batch key of the reference reports.
         teacher_forcing: in ``"train"`` mode, the generator's ``teacher_forcing`` (0: off).
+        pack_sequences: in ``"train"`` and ``"text"`` modes, the generator packs the batch's attended positions
+            into fewer rows before the LLM runs (:mod:`~monai_r2gen.networks.packing`; the same loss).
     """
 
     def __init__(
@@ -339,12 +347,14 @@ class ReportBatchPreparer:
         tokens_key: str = "image_tokens",
         report_key: str = "report",
         teacher_forcing: float = 0.0,
+        pack_sequences: bool = False,
     ) -> None:
         if mode not in ("train", "text", "findings", "generate"):
             raise ValueError(f"mode must be 'train', 'text', 'findings' or 'generate', got {mode!r}")
         if not 0.0 <= float(teacher_forcing) <= 1.0:
             raise ValueError(f"teacher_forcing must be in [0, 1], got {teacher_forcing!r}")
         self.teacher_forcing = float(teacher_forcing)
+        self.pack_sequences = bool(pack_sequences)
         self.mode = mode
         self.image_key = image_key
         self.tokens_key = tokens_key
@@ -381,6 +391,8 @@ class ReportBatchPreparer:
         if self.mode != "generate":
             for key in ("input_ids", "attention_mask", "labels"):
                 extra[key] = move(batchdata[key])
+            if self.pack_sequences:
+                extra["pack_sequences"] = True
         if self.mode != "generate" and batchdata.get("finding_labels") is not None:
             extra["finding_labels"] = move(torch.as_tensor(batchdata["finding_labels"]))
             if self.mode == "text":  # labels fill the finding prompts; images (if any) feed the finding head only
@@ -496,9 +508,11 @@ def create_stage_trainer(
     amp_kwargs: Mapping[str, Any] | None = None,
     handlers: Sequence[Any] = (),
     epoch_length: int | None = None,
+    pack_sequences: bool = False,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` for one stage: the model computes its own loss on the report tokens (or, with
-    ``findings_only``, its finding head's loss; ``teacher_forcing``: see :class:`ReportBatchPreparer`)."""
+    ``findings_only``, its finding head's loss; ``teacher_forcing`` and ``pack_sequences``: see
+    :class:`ReportBatchPreparer`)."""
     trainer = SupervisedTrainer(
         device=torch.device(device),
         max_epochs=max_epochs,
@@ -508,7 +522,9 @@ def create_stage_trainer(
         optimizer=optimizer,
         loss_function=LossFromOutput(),
         prepare_batch=ReportBatchPreparer(
-            mode="findings" if findings_only else "text" if text_only else "train", teacher_forcing=teacher_forcing
+            mode="findings" if findings_only else "text" if text_only else "train",
+            teacher_forcing=teacher_forcing,
+            pack_sequences=pack_sequences,
         ),
         train_handlers=list(handlers),
         amp=amp,
@@ -899,8 +915,10 @@ class ReportTrainingWorkflow:
             stage["text_only"] = bool(summary.get("text_only", preset.text_only))
         return summary
 
-    def _optimizer(self, stage: StageSettings) -> torch.optim.Optimizer:
-        params = [p for p in _unwrap(self.network).parameters() if p.requires_grad]
+    def _optimizer(self, stage: StageSettings, module: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters of ``module`` (default: the network)."""
+        module = _unwrap(self.network) if module is None else module
+        params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"stage {stage.name} trains no parameter")
         decay = [p for p in params if p.ndim >= 2]
@@ -966,7 +984,8 @@ class ReportTrainingWorkflow:
         else:
             max_epochs = int(stage.max_epochs)
             total_iterations = max_epochs * epoch_length
-        optimizer = self._optimizer(stage)
+        sharded = ShardedStage(network) if self.distributed and stage.parallel == "fsdp" else None
+        optimizer = self._optimizer(stage, sharded.module if sharded is not None else None)
         # stepped every iteration (also while gradients accumulate): warm-up and length are in iterations
         scheduler = WarmupCosineSchedule(
             optimizer,
@@ -976,7 +995,9 @@ class ReportTrainingWorkflow:
         )
 
         train_net: torch.nn.Module = network
-        if self.distributed:
+        if sharded is not None:
+            train_net = sharded.module
+        elif self.distributed:
             train_net = torch.nn.parallel.DistributedDataParallel(
                 network,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -992,15 +1013,22 @@ class ReportTrainingWorkflow:
             text_only=stage.text_only,
             findings_only=self._preset(stage).findings_only,
             teacher_forcing=float(stage.teacher_forcing),
+            pack_sequences=bool(stage.pack_sequences),
             accumulation_steps=int(stage.accumulation_steps),
             amp=self.amp,
             amp_kwargs=self.amp_kwargs,
         )
+        save_interval = int(stage.checkpoint_interval or epoch_length)
+        if sharded is not None:  # the plain model gets the trained weights before any handler reads them
+            every = save_interval
+            if stage.validate and not stage.val_epoch_level:  # epoch-level validation: the epoch's gather
+                every = math.gcd(every, int(stage.val_interval))
+            sharded.attach(trainer, every=every)
         # resume first (Events.STARTED handlers run in attach order)
         saver_state: _SaverState | None = None
         save_dict: dict[str, Any] = {
             "trainable": state,
-            "optimizer": optimizer,
+            "optimizer": sharded.optimizer_state(optimizer) if sharded is not None else optimizer,
             "lr_scheduler": scheduler,
             "trainer": trainer,
             "rng": RNGState(),
@@ -1064,6 +1092,8 @@ class ReportTrainingWorkflow:
         if last is not None:
             logger.info("stage %s: resuming from %s", stage.name, last)
             CheckpointLoader(load_path=str(last), load_dict=save_dict, map_location=self.device).attach(trainer)
+            if sharded is not None:  # the loaded weights went into the plain model
+                trainer.add_event_handler(Events.STARTED, sharded.scatter)
         if sampler is not None:
             _attach_resume_skip(trainer, sampler, stage.batch_size)
 
@@ -1097,7 +1127,7 @@ class ReportTrainingWorkflow:
             save_dict=save_dict,
             file_prefix="last",
             save_final=True,
-            save_interval=int(stage.checkpoint_interval or epoch_length),
+            save_interval=save_interval,
             epoch_level=False,
             n_saved=1,
         ).attach(trainer)

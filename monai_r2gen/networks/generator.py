@@ -67,6 +67,7 @@ from monai_r2gen.networks.attribute_prompts import AttributeTargets, alignment_l
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
 from monai_r2gen.networks.host_syncs import host_reads_are_free
 from monai_r2gen.networks.model_card import CARD_NAME, build_model_card, card_may_be_written, model_card_facts
+from monai_r2gen.networks.packing import pack, plan_packing
 from monai_r2gen.networks.projectors import (
     FUSION_MODES,
     PROJECTOR_KINDS,
@@ -974,6 +975,7 @@ class RadiologyReportGenerator(nn.Module):
         teacher_forcing: float = 0.0,
         attribute_presence: torch.Tensor | None = None,
         attribute_fields: torch.Tensor | None = None,
+        pack_sequences: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Run the LLM on prompt + report with the visual prompts spliced in.
@@ -1002,6 +1004,9 @@ class RadiologyReportGenerator(nn.Module):
                 (:class:`~monai_r2gen.data.finding_attributes.FindingAttributeTargetsd`).
             attribute_fields: ``(B, F)`` attribute-field targets of the attribute head; with both and a trainable
                 attribute head, ``.loss`` adds ``attribute_loss_weight`` times the head's loss on the visual prompts.
+            pack_sequences: run the LLM on the attended positions packed into fewer rows
+                (:mod:`~monai_r2gen.networks.packing`): the same loss without the padding's work; ``.logits`` are
+                then in the packed layout (training only).
             **kwargs: passed to the LLM.
 
         Returns:
@@ -1037,7 +1042,13 @@ class RadiologyReportGenerator(nn.Module):
             if prompts is not None and self.attribute_prompts is not None and attribute_presence is not None:
                 shown, alignment = self._target_prompts(prompts, attribute_presence, attribute_fields, teacher_forcing)
             embeds, attention_mask = self.prepare_inputs_embeds(input_ids, attention_mask, prompts=shown)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        if pack_sequences:  # no attention mask: transformers masks each packed study from its position ids
+            plan = plan_packing(attention_mask)
+            embeds, attention_mask, position_ids = pack(embeds, plan), None, plan.position_ids
+            labels = None if labels is None else pack(labels, plan, IGNORE_INDEX)
+            kwargs.setdefault("use_cache", False)
+        else:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         output = self.llm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,17 +185,29 @@ def test_multi_gpu_train_with_two_cpu_processes(tmp_path: Path) -> None:
     tiny["stage1"] = {**tiny["stage1"], "max_iterations": 2, "batch_size": 4, "validate": False}
     tiny["stage2"] = {**tiny["stage2"], "max_iterations": 2, "batch_size": 4, "validate": False}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
-    _bundle(
-        "training",
-        [CONFIGS / "train.yaml", tmp_path / "tiny.yaml", CONFIGS / "multi_gpu_train.yaml"],
-        tmp_path,
-        launcher=[torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"],
-    )
-    model = tmp_path / "models" / "report_generator"
+    launcher = [torchrun, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"]
+    configs = [CONFIGS / "train.yaml", tmp_path / "tiny.yaml", CONFIGS / "multi_gpu_train.yaml"]
+    (tmp_path / "ddp").mkdir()
+    _bundle("training", configs, tmp_path / "ddp", launcher=launcher)
+    model = tmp_path / "ddp" / "models" / "report_generator"
     assert (model / "generator.json").is_file()
     for stage in ("encoder_warmup", "stage0", "stage1", "stage2"):
-        marker = json.loads((tmp_path / "runs" / "training" / "stages" / stage / "stage_complete.json").read_text())
-        assert marker["iterations"] == 2
+        stage_dir = tmp_path / "ddp" / "runs" / "training" / "stages" / stage
+        assert json.loads((stage_dir / "stage_complete.json").read_text())["iterations"] == 2
+    # the same run with fully_shard in stage 0 (the whole LLM trained) and stage 2 (LoRA): the same weights
+    (tmp_path / "fsdp").mkdir()
+    _bundle("training", configs, tmp_path / "fsdp", "--stage0#parallel", "fsdp", "--stage2#parallel", "fsdp",
+            launcher=launcher)  # fmt: skip
+    from safetensors.torch import load_file
+
+    sharded = tmp_path / "fsdp" / "models" / "report_generator"
+    files = sorted(f.relative_to(model) for f in model.rglob("*.safetensors"))
+    assert files and files == sorted(f.relative_to(sharded) for f in sharded.rglob("*.safetensors"))
+    for name in files:
+        a, b = load_file(str(model / name)), load_file(str(sharded / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-3, msg=f"{name}: {key}")
 
 
 @pytest.mark.slow
