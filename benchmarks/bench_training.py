@@ -429,6 +429,42 @@ def trainer_section(args: argparse.Namespace, work: Path, peak: float) -> None:
     print_ratio("stage2_flops_share_of_matmul_peak", achieved / peak, ">= 0.40")
 
 
+def generation_race(ours: Any, lb: LlavaBench, batches: list[dict], tokens: int, repeats: int) -> None:
+    """Greedy reports for the same studies with copied weights: ours (``generate``) against LLaVA's ``generate``,
+    the same settings and exactly ``tokens`` new tokens on both sides; prints the share of identical reports."""
+    settings = ours.generation_settings(num_beams=1, do_sample=False, repetition_penalty=1.0, max_new_tokens=tokens,
+                                        min_new_tokens=tokens)  # fmt: skip
+    reports: dict[str, list[str]] = {"ours": [], "llava": []}
+
+    def run_ours() -> float:
+        start = time.perf_counter()
+        reports["ours"] = [text for b in batches for text in ours.generate(
+            b["image"], b["view_mask"], prompt_ids=b["prompt_ids"], prompt_attention_mask=b["prompt_attention_mask"],
+            **settings)]  # fmt: skip
+        return time.perf_counter() - start
+
+    def run_llava() -> float:
+        lb.model.eval()
+        start = time.perf_counter()
+        texts = []
+        with torch.no_grad():
+            for b in batches:
+                lb.head.view_mask = b["view_mask"]
+                out = lb.model.generate(input_ids=b["prompt_ids"], attention_mask=b["prompt_attention_mask"],
+                                        pixel_values=b["image"], **settings)  # fmt: skip
+                new = out[:, b["prompt_ids"].shape[1] :]
+                texts += [t.strip() for t in ours.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        reports["llava"] = texts
+        return time.perf_counter() - start
+
+    times = interleave({"ours": run_ours, "llava": run_llava}, repeats)
+    same = sum(a == b for a, b in zip(reports["ours"], reports["llava"])) / max(1, len(reports["ours"]))
+    n = len(reports["ours"])
+    print(f"  greedy generation of {n} studies x {tokens} tokens: ours median {median(times['ours']):.2f} s, LLaVA "
+          f"{median(times['llava']):.2f} s; identical reports {same:.0%}")  # fmt: skip
+    print_ratio("generation_throughput_ours_over_llava", median(times["llava"]) / median(times["ours"]), ">= 1.2")
+
+
 def llava_section(args: argparse.Namespace, work: Path) -> None:
     """Section 2: stage 2 against LLaVA (loss parity, step on identical batches, an epoch with own batching)."""
     print("\n2. stage 2 against transformers' LlavaForConditionalGeneration (no finding head / prompts, K=16)")
@@ -464,6 +500,7 @@ def llava_section(args: argparse.Namespace, work: Path) -> None:
     print(f"  host synchronisations of one training forward on a GPU's paths: ours {ours_syncs.count} "
           f"{ours_syncs.events}, LLaVA {llava_syncs.count} {llava_syncs.events}")  # fmt: skip
     print_ratio("host_syncs_ours_minus_llava", ours_syncs.count - llava_syncs.count, "< 0")
+    generation_race(ours, lb, bench.batches, tokens=8 if args.quick else 96, repeats=args.epoch_repeats)
 
     def llava_steps() -> float:
         return lb.run(bench.batches)

@@ -55,6 +55,8 @@ def test_bench_training_quick() -> None:
             "llava_over_ours_trainer_step",
             "epoch_throughput_ours_over_llava",
             "epoch_throughput_ours_grouped_over_llava",
+            "epoch_throughput_ours_packed_over_llava",
+            "generation_throughput_ours_over_llava",
             "train_peak_rss_stage2_over_stage0",
         },
     )

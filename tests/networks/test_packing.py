@@ -10,7 +10,7 @@ from monai_r2gen.data.reports import IGNORE_INDEX, TokenizeReportd
 from monai_r2gen.engines.workflows import ReportBatchPreparer
 from monai_r2gen.networks.packing import pack, plan_packing
 
-from .conftest import IMAGE_SIZE
+from .conftest import IMAGE_SIZE, LLM_FAMILIES, tiny_llm
 
 
 def test_plan_packs_longest_first_with_restarting_positions() -> None:
@@ -86,3 +86,16 @@ def test_preparer_asks_for_packing_in_training_modes_only() -> None:
         assert ReportBatchPreparer(mode=mode, pack_sequences=True)(batch)[3]["pack_sequences"] is True
         assert "pack_sequences" not in ReportBatchPreparer(mode=mode)(batch)[3]
     assert "pack_sequences" not in ReportBatchPreparer(mode="generate", pack_sequences=True)(batch)[3]
+
+
+@pytest.mark.parametrize("family", LLM_FAMILIES)
+def test_packing_keeps_the_loss_for_every_llm_family(make_model, reports, family) -> None:
+    """Each family must mask the packed studies from each other (transformers' packed-sequence masks); a family
+    that ignored the position ids would let studies attend across a row and change the loss."""
+    model = make_model(llm_options=tiny_llm(family)).eval()
+    long = " ".join(reports[:6])
+    batch = _batch(model, [long, "no pneumothorax.", "mild cardiomegaly.", long], views=[1, 2, 1, 1])
+    args = (batch["image"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+    with torch.no_grad():
+        losses = [model(*args, view_mask=batch["view_mask"], pack_sequences=packed).loss for packed in (False, True)]
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
