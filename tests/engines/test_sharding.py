@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from monai_r2gen.data.tokenizer import train_report_tokenizer
 from monai_r2gen.engines.sharding import ShardedStage
-from tests.networks.conftest import IMAGE_SIZE, make_reports, tiny_config
+from tests.networks.conftest import collate_reports, make_reports, tiny_config
 
 WORLD = 2
 
@@ -25,18 +25,9 @@ def _free_port() -> int:
 
 
 def _batch(model, rank: int, step: int) -> dict:
-    from monai_r2gen.data.datasets import ReportCollate
-    from monai_r2gen.data.reports import TokenizeReportd
-
-    tok = TokenizeReportd("report", tokenizer=model.tokenizer, num_image_tokens=model.num_image_tokens,
-                          prompt_template=model.config.prompt_template, max_length=64)  # fmt: skip
-    gen = torch.Generator().manual_seed(100 * rank + step)
-    items = []
-    for i, report in enumerate(make_reports(3, seed=10 * rank + step)):
-        item = tok({"report": report})
-        item["image"] = torch.rand(1 + i % 2, 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
-        items.append(item)
-    return ReportCollate(model.tokenizer.pad_token_id)(items)
+    """This rank's batch of a step: 3 studies of 1-2 views."""
+    reports = make_reports(3, seed=10 * rank + step)
+    return collate_reports(model, reports, views=[1, 2, 1], max_length=64, seed=100 * rank + step)[0]
 
 
 def _loss(model, batch) -> torch.Tensor:

@@ -40,6 +40,22 @@ def make_reports(n: int, seed: int = 0) -> list[str]:
     return [". ".join(rng.sample(_SENTENCES, rng.randint(2, 4))) + "." for _ in range(n)]
 
 
+def collate_reports(model, reports, views, max_length=96, seed=0):
+    """Tokenized + collated batch, one study per report with ``views[i]`` random views; also the prompt length."""
+    from monai_r2gen.data.datasets import ReportCollate
+    from monai_r2gen.data.reports import TokenizeReportd
+
+    gen = torch.Generator().manual_seed(seed)
+    tok = TokenizeReportd("report", tokenizer=model.tokenizer, num_image_tokens=model.num_image_tokens,
+                          prompt_template=model.config.prompt_template, max_length=max_length)  # fmt: skip
+    items = []
+    for report, v in zip(reports, views):
+        item = tok({"report": report})
+        item["image"] = torch.rand(v, 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
+        items.append(item)
+    return ReportCollate(model.tokenizer.pad_token_id)(items), len(tok.prompt_ids)
+
+
 def tiny_llm(family: str = "llama") -> dict:
     """Config kwargs of a 1-layer, 32-wide causal LM of a family."""
     return tiny_llm_options(family, hidden_size=32, num_layers=1, num_heads=2, max_positions=256)

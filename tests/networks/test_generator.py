@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_r2gen.data.datasets import ReportCollate
-from monai_r2gen.data.reports import IGNORE_INDEX, TokenizeReportd
+from monai_r2gen.data.reports import IGNORE_INDEX
 from monai_r2gen.engines.stages import apply_stage
 from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError, ModelFileError
 from monai_r2gen.networks.factory import build_generator, embedded_default_config
@@ -23,19 +22,7 @@ from monai_r2gen.networks.generator import (
 from monai_r2gen.networks.host_syncs import HostSyncCounter
 
 from .conftest import ENCODER_FAMILIES, IMAGE_SIZE, LLM_FAMILIES, tiny_config
-
-
-def _batch(model, reports, views, max_length=96, seed=0):
-    """Tokenized + collated batch, one study per report with ``views[i]`` views."""
-    gen = torch.Generator().manual_seed(seed)
-    tok = TokenizeReportd("report", tokenizer=model.tokenizer, num_image_tokens=model.num_image_tokens,
-                          prompt_template=model.config.prompt_template, max_length=max_length)  # fmt: skip
-    items = []
-    for report, v in zip(reports, views):
-        item = tok({"report": report})
-        item["image"] = torch.rand(v, 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
-        items.append(item)
-    return ReportCollate(model.tokenizer.pad_token_id)(items), len(tok.prompt_ids)
+from .conftest import collate_reports as _batch
 
 
 def _perturb(module, pattern, seed=0):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_r2gen.data.datasets import ReportCollate
-from monai_r2gen.data.reports import IGNORE_INDEX, TokenizeReportd
+from monai_r2gen.data.reports import IGNORE_INDEX
 from monai_r2gen.engines.workflows import ReportBatchPreparer
 from monai_r2gen.networks.packing import pack, plan_packing
 
-from .conftest import IMAGE_SIZE, LLM_FAMILIES, tiny_llm
+from .conftest import LLM_FAMILIES, collate_reports, tiny_llm
 
 
 def test_plan_packs_longest_first_with_restarting_positions() -> None:
@@ -39,18 +38,6 @@ def test_a_study_without_attended_positions_is_refused() -> None:
         plan_packing(torch.tensor([[1, 1], [0, 0]]))
 
 
-def _batch(model, reports, views):
-    tok = TokenizeReportd("report", tokenizer=model.tokenizer, num_image_tokens=model.num_image_tokens,
-                          prompt_template=model.config.prompt_template, max_length=256)  # fmt: skip
-    gen = torch.Generator().manual_seed(0)
-    items = []
-    for report, v in zip(reports, views):
-        item = tok({"report": report})
-        item["image"] = torch.rand(v, 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
-        items.append(item)
-    return ReportCollate(model.tokenizer.pad_token_id)(items)
-
-
 @pytest.mark.parametrize("settings", [{}, {"projector": "linear", "view_fusion": "concat"},
                                       {"finding_head": True, "finding_prompts": True}])  # fmt: skip
 @pytest.mark.parametrize("text_only", [False, True])
@@ -58,7 +45,7 @@ def test_packed_batches_give_the_padded_loss_and_gradients(make_model, reports, 
     model = make_model(**settings).eval()
     long = " ".join(reports[:6])  # the row length: room for two of the short ones
     texts = [long, "no pneumothorax.", reports[6], "mild cardiomegaly.", "the lungs are clear.", long]
-    batch = _batch(model, texts, views=[1, 2, 1, 2, 1, 1])
+    batch, _ = collate_reports(model, texts, views=[1, 2, 1, 2, 1, 1], max_length=256)
     assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # there is padding to skip
     labels = (torch.rand(6, 14, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     extra = {"finding_labels": labels} if settings.get("finding_head") else {}
@@ -94,7 +81,7 @@ def test_packing_keeps_the_loss_for_every_llm_family(make_model, reports, family
     that ignored the position ids would let studies attend across a row and change the loss."""
     model = make_model(llm_options=tiny_llm(family)).eval()
     long = " ".join(reports[:6])
-    batch = _batch(model, [long, "no pneumothorax.", "mild cardiomegaly.", long], views=[1, 2, 1, 1])
+    batch, _ = collate_reports(model, [long, "no pneumothorax.", "mild cardiomegaly.", long], [1, 2, 1, 1], 256)
     args = (batch["image"], batch["input_ids"], batch["attention_mask"], batch["labels"])
     with torch.no_grad():
         losses = [model(*args, view_mask=batch["view_mask"], pack_sequences=packed).loss for packed in (False, True)]
