@@ -52,6 +52,8 @@ __all__ = ["StagePreset", "STAGES", "get_stage", "apply_stage", "trainable_summa
 logger = logging.getLogger(__name__)
 
 _MODES = ("frozen", "lora", "full")
+# the prompts the LLM reads values from: they train with the projector or with a fully trained LLM
+_READ_PROMPTS = ("finding_prompts.", "attribute_prompts.", "attribute_slots.")
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ def apply_stage(
     if train_projector is not None:
         preset = dataclasses.replace(preset, projector=bool(train_projector))
     attribute_head = getattr(model, "attribute_head", None) is not None
+    reads_tokens = attribute_head and bool(getattr(model.attribute_head, "reads_tokens", False))
     if preset.findings_only and getattr(model, "finding_head", None) is None and not attribute_head:
         raise ValueError(
             f"stage {preset.name} trains the visual path on its auxiliary heads, but the model has none "
@@ -167,13 +170,14 @@ def apply_stage(
         # projector or a fully trained LLM;
         # the attribute head reads the projector's prompts: in a findings-only stage it trains with the projector
         # (view fusion included), as the projector does with it
-        head = name.startswith("finding_head.") and encoder_mode != "frozen"
-        prompts = name.startswith(("finding_prompts.", "attribute_prompts.")) and preset.llm == "full"
-        visual = (
-            preset.findings_only
-            and attribute_head
-            and not name.startswith(("finding_head.", "finding_prompts.", "attribute_prompts."))
-        )
+        # (a token-reading attribute head is, like the finding head, an auxiliary classifier of the encoder); the
+        # attribute slot prompts are read like the finding prompts
+        auxiliary = ("finding_head.", "attribute_head.") if reads_tokens else ("finding_head.",)
+        head = name.startswith(auxiliary) and encoder_mode != "frozen"
+        prompts = name.startswith(_READ_PROMPTS) and preset.llm == "full"
+        # (a token-reading one does not read the projector, which then stays frozen: unused weights break DDP)
+        unread = ("finding_head.", *_READ_PROMPTS, *(("projector.",) if reads_tokens else ()))
+        visual = preset.findings_only and attribute_head and not name.startswith(unread)
         param.requires_grad_(preset.projector or head or prompts or visual)
 
     if preset.llm == "lora" and not any("lora_" in name for name, _ in groups["llm"]):

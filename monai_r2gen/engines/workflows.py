@@ -393,15 +393,17 @@ class ReportBatchPreparer:
                 extra[key] = move(batchdata[key])
             if self.pack_sequences:
                 extra["pack_sequences"] = True
-        if self.mode != "generate" and batchdata.get("finding_labels") is not None:
+        labelled = self.mode != "generate" and batchdata.get("finding_labels") is not None
+        if labelled:
             extra["finding_labels"] = move(torch.as_tensor(batchdata["finding_labels"]))
-            if self.mode == "text":  # labels fill the finding prompts; images (if any) feed the finding head only
-                extra["text_only"] = True
-                if batchdata.get(self.image_key) is not None:
-                    images = move(torch.as_tensor(batchdata[self.image_key]))
-                    extra["view_mask"] = move(batchdata["view_mask"])
-            elif self.teacher_forcing > 0:
-                extra["teacher_forcing"] = self.teacher_forcing
+        if self.mode == "text" and (labelled or "attribute_presence" in extra):
+            # labels and attributes fill the finding and attribute slot prompts; images (if any) feed the heads only
+            extra["text_only"] = True
+            if batchdata.get(self.image_key) is not None:
+                images = move(torch.as_tensor(batchdata[self.image_key]))
+                extra["view_mask"] = move(batchdata["view_mask"])
+        elif labelled and self.teacher_forcing > 0:
+            extra["teacher_forcing"] = self.teacher_forcing
         if self.mode == "train" and self.teacher_forcing > 0 and "attribute_presence" in extra:
             extra["teacher_forcing"] = self.teacher_forcing  # the attribute target prompts (with or without labels)
         return images, references, (), extra
@@ -803,11 +805,15 @@ class ReportTrainingWorkflow:
 
         network = _unwrap(self.network)
         head = getattr(network, "finding_head", None) is not None
-        # a text-only stage loads the images only when they train the encoder through the finding head
-        with_images = not stage.text_only or (train and head and self._trains_encoder(stage))
+        attribute_head = getattr(network, "attribute_head", None)
+        token_head = attribute_head is not None and bool(getattr(attribute_head, "reads_tokens", False))
+        # a text-only stage loads the images only when they train the encoder through an auxiliary head on it
+        with_images = not stage.text_only or (train and (head or token_head) and self._trains_encoder(stage))
         # finding labels: the head's target, and in a text-only stage the finding prompts' content
         with_labels = train and head and (with_images or getattr(network, "finding_prompts", None) is not None)
-        with_attributes = train and with_images and getattr(network, "attribute_head", None) is not None
+        # attribute targets: the attribute head's, and the attribute slot prompts' content
+        slots = getattr(network, "attribute_slots", None) is not None
+        with_attributes = train and attribute_head is not None and (with_images or slots)
         transforms: list[Any] = []
         if not with_images:
             transforms = [_DropKeyd("image"), self._tokenize_transform()]

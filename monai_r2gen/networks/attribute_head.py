@@ -7,6 +7,11 @@ study shows that finding and, when it does, its attributes (side, size, lobe ...
 attribute field of the kind (:data:`~monai_r2gen.data.finding_attributes.ATTRIBUTE_FIELDS`). Trained with the
 encoder and projector, it makes the prompts the LLM reads carry the side and size of what the image shows, each
 finding in a place of its own; prompts after the anchored ones stay free.
+
+With ``token_dim`` the head reads the encoder's tokens instead, through an attention pooling of its own (one query per
+finding kind, :class:`~monai_r2gen.networks.projectors.AttentionPoolProjector`): the visual prompts are then left to
+the projector, and the head's prediction feeds the attribute slot prompts
+(:mod:`~monai_r2gen.networks.attribute_slots`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import nn
 
 from monai_r2gen.data.finding_attributes import ATTRIBUTE_FIELDS, ATTRIBUTE_KINDS, FIELD_LIST, IGNORE_INDEX
 from monai_r2gen.errors import ModelConfigError
+from monai_r2gen.networks.projectors import AttentionPoolProjector
 
 __all__ = ["AttributeLoss", "FindingAttributeHead"]
 
@@ -36,16 +42,21 @@ class FindingAttributeHead(nn.Module):
     """Linear probes on the anchored prompts: presence and attribute-field logits per finding kind.
 
     Args:
-        num_prompts: ``K`` of the projector (at least one per finding kind).
+        num_prompts: ``K`` of the projector (at least one per finding kind; ignored with ``token_dim``).
         dim: prompt width (the LLM's hidden size).
+        token_dim: read encoder tokens of this width through the head's own attention pooling (None: read the
+            projector's first prompts).
 
     Raises:
         ModelConfigError: fewer prompts than finding kinds.
     """
 
-    def __init__(self, num_prompts: int, dim: int) -> None:
+    def __init__(self, num_prompts: int, dim: int, token_dim: int | None = None) -> None:
         super().__init__()
-        if num_prompts < len(ATTRIBUTE_KINDS):
+        self.pool: AttentionPoolProjector | None = None
+        if token_dim is not None:
+            self.pool = AttentionPoolProjector(token_dim, dim, len(ATTRIBUTE_KINDS))
+        elif num_prompts < len(ATTRIBUTE_KINDS):
             raise ModelConfigError(f"the attribute head anchors one prompt per finding kind: it needs at least "
                                    f"{len(ATTRIBUTE_KINDS)} prompts, the projector gives {num_prompts}")  # fmt: skip
         self.sizes = [[len(v) for v in ATTRIBUTE_FIELDS[kind].values()] for kind in ATTRIBUTE_KINDS]
@@ -56,6 +67,17 @@ class FindingAttributeHead(nn.Module):
     def num_anchored(self) -> int:
         """Prompts the head reads (the first of the projector's)."""
         return len(ATTRIBUTE_KINDS)
+
+    @property
+    def reads_tokens(self) -> bool:
+        """Whether the head reads encoder tokens (its own pooling) rather than the projector's prompts."""
+        return self.pool is not None
+
+    def features(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What a token-reading head probes: its pooling of ``(B, T, D)`` fused encoder tokens, ``(B, 9, H)``."""
+        if self.pool is None:
+            raise ModelConfigError("this attribute head reads the projector's prompts, not encoder tokens")
+        return self.pool(tokens, token_mask)[0]
 
     def forward(self, prompts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(B, K, H)`` prompts -> presence logits ``(B, 9)`` and one ``(B, C_f)`` logit tensor per field of

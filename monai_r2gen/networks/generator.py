@@ -48,7 +48,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,13 @@ from monai_r2gen.files import OutputFileError, apply_umask
 from monai_r2gen.metrics.chexpert import CHEXPERT_LABELS
 from monai_r2gen.networks.attribute_head import FindingAttributeHead
 from monai_r2gen.networks.attribute_prompts import AttributeTargets, alignment_loss
+from monai_r2gen.networks.attribute_slots import (
+    AttributeSlotPrompts,
+    SlotValues,
+    mix_slot_values,
+    slot_values_from_logits,
+    slot_values_from_targets,
+)
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
 from monai_r2gen.networks.host_syncs import host_reads_are_free
 from monai_r2gen.networks.model_card import CARD_NAME, build_model_card, card_may_be_written, model_card_facts
@@ -96,6 +103,9 @@ MODULES_NAME = "modules.safetensors"
 
 # R2GenGPT decodes with beam 3 and repetition penalty 2.0 (its length penalty 2.0 and 80..120 new tokens are
 # tuned for MIMIC-CXR findings and stay settings).
+# the modules beside the projector (saved in modules.safetensors, trained in the "projector" group)
+_EXTRA_MODULES = ("finding_head", "finding_prompts", "attribute_head", "attribute_prompts", "attribute_slots")
+
 DEFAULT_GENERATION: dict[str, Any] = {
     "num_beams": 3,
     "do_sample": False,
@@ -205,13 +215,23 @@ class GeneratorConfig:
         finding_loss_weight: weight of the head's binary cross-entropy added to the LM loss.
         finding_prompts: append one prompt per label, mixed from learned "present" / "absent" vectors by the head's
             (detached) probability, to the visual prompts (needs ``finding_head``; ``K`` grows by 14).
-        hard_finding_prompts: binarise the head's probabilities at 0.5 before they make the finding prompts, so the
+        hard_finding_prompts: binarise the head's probabilities at 0.5 before they make the finding prompts (and the
+            attribute head's prediction before it makes the attribute slot prompts), so the
             prompts of a prediction are exactly the prompts the language model was taught with the report labels
             (stage 0 and ``teacher_forcing``).
         attribute_head: add a linear probe on the visual prompts that predicts each finding kind's presence and
             attributes (side, size, lobe ...; :class:`~monai_r2gen.networks.attribute_head.FindingAttributeHead`),
             an auxiliary loss on the visual path wherever the projector or encoder trains.
         attribute_loss_weight: weight of the probe's loss added to the LM loss.
+        attribute_source: what the attribute head reads: "prompts" (the projector's first 9 prompts, anchored one
+            per finding kind) or "tokens" (the encoder's tokens through an attention pooling of its own, so the
+            visual prompts stay the projector's).
+        attribute_slots: append one prompt per attribute field (side, size, lobe ...; 21 for the nine finding
+            kinds, :class:`~monai_r2gen.networks.attribute_slots.AttributeSlotPrompts`) after the visual and
+            finding prompts, mixed from learned value vectors by the attribute head's (detached) prediction and, in
+            training, by each study's known attributes like the finding prompts (binarised with
+            ``hard_finding_prompts``). Without finding prompts, one presence prompt per finding kind comes first
+            (30 in all). Needs ``attribute_head``.
         attribute_prompts: learned target prompts of the first 9 visual prompts, built from each training study's
             findings (:class:`~monai_r2gen.networks.attribute_prompts.AttributeTargets`): with ``teacher_forcing``
             the language model reads the targets in place of the projector's prompts (per study), and an alignment
@@ -263,6 +283,8 @@ class GeneratorConfig:
     hard_finding_prompts: bool = False
     attribute_head: bool = False
     attribute_loss_weight: float = 1.0
+    attribute_source: str = "prompts"
+    attribute_slots: bool = False
     attribute_prompts: bool = False
     attribute_prompt_weight: float = 1.0
 
@@ -281,8 +303,11 @@ class GeneratorConfig:
             (self.grid_size >= 1, "grid_size must be >= 1"),
             (self.prompt_scale in ("layernorm", "embedding"), "prompt_scale must be 'layernorm' or 'embedding'"),
             (self.finding_head or not self.finding_prompts, "finding_prompts needs finding_head"),
-            (self.finding_prompts or not self.hard_finding_prompts, "hard_finding_prompts needs finding_prompts"),
+            (self.finding_prompts or self.attribute_slots or not self.hard_finding_prompts,
+             "hard_finding_prompts needs finding_prompts or attribute_slots"),
             (self.attribute_head or not self.attribute_prompts, "attribute_prompts needs attribute_head"),
+            (self.attribute_source in ("prompts", "tokens"), "attribute_source must be 'prompts' or 'tokens'"),
+            (self.attribute_head or not self.attribute_slots, "attribute_slots needs attribute_head"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -614,6 +639,8 @@ class RadiologyReportGenerator(nn.Module):
         if vocab < len(tokenizer):
             raise ModelConfigError(f"the LLM has {vocab} token embeddings for a tokenizer of {len(tokenizer)} tokens")
         self._num_image_tokens = int(projector.num_outputs(fusion.output_tokens(encoder.num_tokens)))
+        weight = self.llm.get_input_embeddings().weight.detach()
+        width, scale = int(weight.shape[1]), float(weight.float().std())  # prompts start at the word embeddings' scale
         self.finding_head: nn.Linear | None = None
         self.finding_prompts: FindingPrompts | None = None
         if config.finding_head:
@@ -621,24 +648,20 @@ class RadiologyReportGenerator(nn.Module):
                 torch.manual_seed(config.seed)
                 self.finding_head = nn.Linear(encoder.out_dim, len(CHEXPERT_LABELS))
                 if config.finding_prompts:
-                    embedding = self.llm.get_input_embeddings().weight
-                    self.finding_prompts = FindingPrompts(
-                        len(CHEXPERT_LABELS), int(embedding.shape[1]), init_std=float(embedding.detach().float().std())
-                    )
+                    self.finding_prompts = FindingPrompts(len(CHEXPERT_LABELS), width, init_std=scale)
                     self._num_image_tokens += self.finding_prompts.num_labels
         self.attribute_head: FindingAttributeHead | None = None
         if config.attribute_head:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed + 1)
-                hidden = int(self.llm.get_input_embeddings().weight.shape[1])
-                self.attribute_head = FindingAttributeHead(self._num_image_tokens, hidden)
+            tokens = encoder.out_dim if config.attribute_source == "tokens" else None
+            self.attribute_head = _seeded(config.seed + 1, FindingAttributeHead, self._num_image_tokens, width, tokens)
+        self.attribute_slots: AttributeSlotPrompts | None = None
+        if config.attribute_slots:
+            self.attribute_slots = _seeded(config.seed + 3, AttributeSlotPrompts, width, scale,
+                                           presence=self.finding_prompts is None)  # fmt: skip
+            self._num_image_tokens += self.attribute_slots.num_prompts
         self.attribute_prompts: AttributeTargets | None = None
         if config.attribute_prompts:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed + 2)
-                embedding = self.llm.get_input_embeddings().weight
-                self.attribute_prompts = AttributeTargets(int(embedding.shape[1]),
-                                                          float(embedding.detach().float().std()))  # fmt: skip
+            self.attribute_prompts = _seeded(config.seed + 2, AttributeTargets, width, scale)
         self.bases = bases or {}
         self.trained: set[str] = set()  # components whose full weights were trained ("encoder", "llm")
 
@@ -747,8 +770,7 @@ class RadiologyReportGenerator(nn.Module):
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {"encoder": [], "projector": [], "llm": []}
         for name, param in self.named_parameters():
             part = name.split(".", 1)[0]
-            projector = part in ("fusion", "projector", "finding_head", "finding_prompts", "attribute_head",
-                                 "attribute_prompts")  # fmt: skip
+            projector = part in ("fusion", "projector", *_EXTRA_MODULES)
             groups["projector" if projector else part].append((name, param))
         return groups
 
@@ -883,6 +905,7 @@ class RadiologyReportGenerator(nn.Module):
         view_mask: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
         finding_probabilities: torch.Tensor | None = None,
+        attribute_values: SlotValues | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft visual prompts of a batch of studies.
 
@@ -893,10 +916,12 @@ class RadiologyReportGenerator(nn.Module):
                 ``images``.
             finding_probabilities: ``(B, 14)`` values for the finding prompts instead of the head's prediction
                 (teacher forcing with the report labels).
+            attribute_values: values of the attribute slot prompts instead of the attribute head's prediction
+                (:func:`~monai_r2gen.networks.attribute_slots.slot_values_from_targets`).
 
         Returns:
-            ``(prompts, prompt_mask)``: ``(B, K, H)`` float32 and ``(B, K)`` bool (with finding prompts, the last 14
-            of the ``K``).
+            ``(prompts, prompt_mask)``: ``(B, K, H)`` float32 and ``(B, K)`` bool: the projector's prompts, then the
+            14 finding prompts and the attribute slot prompts where the model has them.
         """
         if visual_tokens is None:
             if images is None:
@@ -906,13 +931,39 @@ class RadiologyReportGenerator(nn.Module):
             visual_tokens = visual_tokens.to(self.projector_dtype)
         fused, token_mask = self.fusion(visual_tokens, view_mask)
         prompts, prompt_mask = self.projector(fused, token_mask)
+        visual = prompts
         if self.finding_prompts is not None:
             if finding_probabilities is None:
                 finding_probabilities = self.finding_probabilities(visual_tokens, view_mask)
             extra = self.finding_prompts(finding_probabilities.to(prompts.device)).to(prompts.dtype)
             prompts = torch.cat([prompts, extra], dim=1)
             prompt_mask = torch.cat([prompt_mask, prompt_mask.new_ones(extra.shape[:2])], dim=1)
+        if self.attribute_slots is not None:
+            if attribute_values is None:
+                features = self.attribute_head.features(fused, token_mask) if self._attribute_reads_tokens() else visual
+                attribute_values = slot_values_from_logits(*self.attribute_head(features),  # type: ignore[misc]
+                                                           hard=self.config.hard_finding_prompts)  # fmt: skip
+            extra = self.attribute_slots(attribute_values).to(prompts.dtype)
+            prompts = torch.cat([prompts, extra], dim=1)
+            prompt_mask = torch.cat([prompt_mask, prompt_mask.new_ones(extra.shape[:2])], dim=1)
         return prompts, prompt_mask
+
+    def _attribute_reads_tokens(self) -> bool:
+        return self.attribute_head is not None and self.attribute_head.reads_tokens
+
+    def _attribute_head_input(
+        self, visual_tokens: torch.Tensor | None, view_mask: torch.Tensor | None, prompts: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """What the attribute head reads: its pooling of the fused encoder tokens, or the projector's prompts
+        (None when the needed one is missing)."""
+        if not self._attribute_reads_tokens():
+            return prompts
+        if visual_tokens is None:
+            return None
+        if not _autocast_enabled(visual_tokens.device):
+            visual_tokens = visual_tokens.to(self.projector_dtype)
+        fused, token_mask = self.fusion(visual_tokens, view_mask)
+        return self.attribute_head.features(fused, token_mask)  # type: ignore[union-attr]
 
     def prepare_inputs_embeds(
         self,
@@ -1013,9 +1064,14 @@ class RadiologyReportGenerator(nn.Module):
             The LLM's ``CausalLMOutputWithPast`` (``.loss`` when labels are given, ``.logits``); with the auxiliary
             losses it also holds ``lm_loss``, ``finding_loss`` and ``finding_logits``, ``attribute_loss``.
         """
+        known = attribute_presence is not None and attribute_fields is not None
         attribute_targets = None
-        if attribute_presence is not None and attribute_fields is not None and self._attribute_head_trains():
+        if known and self._attribute_head_trains():
             attribute_targets = (attribute_presence, attribute_fields)
+        # the attribute slot prompts of the studies' known attributes (teacher forcing, text-only stages)
+        known_slots = None
+        if known and self.attribute_slots is not None:
+            known_slots = slot_values_from_targets(attribute_presence, attribute_fields)  # type: ignore[arg-type]
         if findings_only:
             return self._findings_only(images, view_mask, visual_tokens, finding_labels, attribute_targets)
         if input_ids is None:
@@ -1023,21 +1079,32 @@ class RadiologyReportGenerator(nn.Module):
         if labels is not None:  # the visual prompts are inputs, never targets
             labels = labels.masked_fill(input_ids == self.image_token_id, IGNORE_INDEX)
         aux = finding_labels is not None and self.finding_head is not None
-        if aux and visual_tokens is None and images is not None:  # encode once, for the prompts and the head
+        heads = aux or attribute_targets is not None or known_slots is not None
+        if heads and visual_tokens is None and images is not None:  # encode once, for the prompts and the heads
             visual_tokens, images = self.encode_views(images, view_mask), None
         aux = aux and visual_tokens is not None  # text-only batches have no findings to predict
         prompts, alignment = None, None
         if text_only:
             embeds, text_mask = self.prepare_inputs_embeds(input_ids, attention_mask)
-            if self.finding_prompts is not None and finding_labels is not None:
-                embeds, text_mask = self._label_prompts(input_ids, embeds, text_mask, attention_mask, finding_labels)
+            labels_known = self.finding_prompts is not None and finding_labels is not None
+            if labels_known or known_slots is not None:
+                embeds, text_mask = self._label_prompts(
+                    input_ids, embeds, text_mask, attention_mask, finding_labels if labels_known else None, known_slots
+                )
             attention_mask = text_mask
         else:
-            forced = None
-            if aux and teacher_forcing > 0 and self.finding_prompts is not None:
-                forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, teacher_forcing)
+            forced, forced_slots = None, None
+            forcing = aux and self.finding_prompts is not None
+            if teacher_forcing > 0 and visual_tokens is not None and (forcing or known_slots is not None):
+                pick = None  # every study
+                if teacher_forcing < 1:
+                    pick = torch.rand(visual_tokens.shape[0], device=visual_tokens.device) < teacher_forcing
+                if aux and self.finding_prompts is not None:
+                    forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, pick)
+                if known_slots is not None:
+                    forced_slots = self._forced_slot_values(visual_tokens, view_mask, known_slots, pick)
             if images is not None or visual_tokens is not None:
-                prompts = self.encode_images(images, view_mask, visual_tokens, forced)
+                prompts = self.encode_images(images, view_mask, visual_tokens, forced, forced_slots)
             shown, alignment = prompts, None
             if prompts is not None and self.attribute_prompts is not None and attribute_presence is not None:
                 shown, alignment = self._target_prompts(prompts, attribute_presence, attribute_fields, teacher_forcing)
@@ -1065,8 +1132,11 @@ class RadiologyReportGenerator(nn.Module):
             output["lm_loss"] = lm_loss
             output["finding_loss"] = finding_loss
             output["finding_logits"] = logits
-        if attribute_targets is not None and prompts is not None:
-            attribute_loss = self.attribute_head.loss(prompts[0], *attribute_targets).loss  # type: ignore[union-attr]
+        features = None
+        if attribute_targets is not None:
+            features = self._attribute_head_input(visual_tokens, view_mask, None if prompts is None else prompts[0])
+        if attribute_targets is not None and features is not None:
+            attribute_loss = self.attribute_head.loss(features, *attribute_targets).loss  # type: ignore[union-attr]
             output["attribute_loss"] = attribute_loss
             weighted = self.config.attribute_loss_weight * attribute_loss
             output["loss"] = weighted if output.loss is None else output.loss + weighted.to(output.loss.dtype)
@@ -1131,8 +1201,10 @@ class RadiologyReportGenerator(nn.Module):
             output["finding_logits"] = logits
             losses.append(loss)
         if attribute_targets is not None:
-            prompts, _ = self.encode_images(visual_tokens=visual_tokens, view_mask=view_mask)
-            attribute_loss = self.attribute_head.loss(prompts, *attribute_targets).loss  # type: ignore[union-attr]
+            features = self._attribute_head_input(visual_tokens, view_mask, None)
+            if features is None:
+                features, _ = self.encode_images(visual_tokens=visual_tokens, view_mask=view_mask)
+            attribute_loss = self.attribute_head.loss(features, *attribute_targets).loss  # type: ignore[union-attr]
             output["attribute_loss"] = attribute_loss
             losses.append(self.config.attribute_loss_weight * attribute_loss)
         output["loss"] = torch.stack(losses).sum()
@@ -1146,16 +1218,37 @@ class RadiologyReportGenerator(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits)), logits
 
     def _forced_probabilities(
-        self, visual_tokens: torch.Tensor, view_mask: torch.Tensor | None, labels: torch.Tensor, share: float
+        self,
+        visual_tokens: torch.Tensor,
+        view_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        pick: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Finding prompt values: the report ``labels`` for a random ``share`` of the studies, the head's
-        prediction for the rest."""
-        if share >= 1:
+        """Finding prompt values: the report ``labels`` for the studies ``pick`` ``(B,)`` marks (None: all), the
+        head's prediction for the rest."""
+        if pick is None:
             return labels.float()
         predicted = self.finding_probabilities(visual_tokens, view_mask)
         labels = labels.to(device=predicted.device, dtype=predicted.dtype)
-        pick = torch.rand(labels.shape[0], 1, device=labels.device) < share
-        return torch.where(pick, labels, predicted)
+        return torch.where(pick.to(labels.device)[:, None], labels, predicted)
+
+    def _forced_slot_values(
+        self,
+        visual_tokens: torch.Tensor,
+        view_mask: torch.Tensor | None,
+        known: SlotValues,
+        pick: torch.Tensor | None,
+    ) -> SlotValues:
+        """Attribute slot values: the studies' ``known`` attributes where ``pick`` marks them (None: all), the
+        attribute head's prediction for the rest."""
+        if pick is None:
+            return known
+        features = self._attribute_head_input(visual_tokens, view_mask, None)
+        if features is None:  # a prompt-reading head: its prediction needs the projector's prompts
+            features, _ = self.encode_images(visual_tokens=visual_tokens, view_mask=view_mask, attribute_values=known)
+        predicted = slot_values_from_logits(*self.attribute_head(features),  # type: ignore[misc]
+                                            hard=self.config.hard_finding_prompts)  # fmt: skip
+        return mix_slot_values(known, predicted, pick)
 
     def _label_prompts(
         self,
@@ -1163,17 +1256,26 @@ class RadiologyReportGenerator(nn.Module):
         embeds: torch.Tensor,
         text_mask: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None,
+        slot_values: SlotValues | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the finding prompts of known labels over the last 14 image positions and show them to the LLM."""
-        assert self.finding_prompts is not None
+        """Write the finding prompts of known ``labels`` and the attribute slot prompts of known ``slot_values``
+        over their image positions (after the projector's) and show them to the LLM."""
         image_positions = input_ids == self.image_token_id
         rank = image_positions.long().cumsum(dim=-1)
-        slots = image_positions & (rank > self.num_image_tokens - self.finding_prompts.num_labels)
-        prompts = self.finding_prompts(labels.to(device=embeds.device, dtype=torch.float32))
-        embeds = embeds.masked_scatter(slots.unsqueeze(-1), prompts.to(embeds.dtype))
+        end = self.num_image_tokens - (0 if self.attribute_slots is None else self.attribute_slots.num_prompts)
+        parts = []
+        if labels is not None and self.finding_prompts is not None:
+            start = end - self.finding_prompts.num_labels
+            parts.append((start, end, self.finding_prompts(labels.to(device=embeds.device, dtype=torch.float32))))
+        if slot_values is not None and self.attribute_slots is not None:
+            parts.append((end, self.num_image_tokens, self.attribute_slots(slot_values)))
         visible = torch.ones_like(text_mask) if attention_mask is None else attention_mask
-        return embeds, torch.where(slots, visible, text_mask)
+        for start, stop, prompts in parts:
+            slots = image_positions & (rank > start) & (rank <= stop)
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), prompts.to(device=embeds.device, dtype=embeds.dtype))
+            text_mask = torch.where(slots, visible, text_mask)
+        return embeds, text_mask
 
     # ------------------------------------------------------------------------------------------------------------
     # generation
@@ -1315,7 +1417,7 @@ class RadiologyReportGenerator(nn.Module):
         modules: dict[str, torch.Tensor] = {}
         modules.update({f"fusion.{k}": v for k, v in self.fusion.state_dict().items()})
         modules.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
-        for name in ("finding_head", "finding_prompts", "attribute_head", "attribute_prompts"):
+        for name in _EXTRA_MODULES:
             module = getattr(self, name)
             if module is not None:
                 modules.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
@@ -1445,7 +1547,7 @@ class RadiologyReportGenerator(nn.Module):
             _load_prefixed(encoder, modules, "encoder.", root / MODULES_NAME)
 
         model = cls(config, encoder, fusion, projector, llm, tokenizer, bases)
-        for name in ("finding_head", "finding_prompts", "attribute_head", "attribute_prompts"):
+        for name in _EXTRA_MODULES:
             if getattr(model, name) is not None:
                 _load_prefixed(getattr(model, name), modules, f"{name}.", root / MODULES_NAME)
         model.trained = set(meta.get("trained", []))
@@ -1510,6 +1612,13 @@ def _build_head(config: GeneratorConfig, encoder: VisionEncoder, llm: nn.Module)
         grid=config.grid_size,
     )
     return fusion, projector
+
+
+def _seeded(seed: int, build: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> Any:
+    """``build(*args, **kwargs)`` with its random initialisation drawn from ``seed`` (the global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(*args, **kwargs)
 
 
 def _autocast_enabled(device: torch.device) -> bool:

@@ -311,7 +311,8 @@ def model_card_facts(
             evaluation = _evaluation(record, None)
 
     architecture_keys = ("max_views", "view_fusion", "projector", "num_queries", "prompt_scale", "finding_head",
-                         "finding_prompts", "attribute_head", "max_length", "prompt_template", "dtype")  # fmt: skip
+                         "finding_prompts", "attribute_head", "attribute_source", "attribute_slots", "max_length",
+                         "prompt_template", "dtype")  # fmt: skip
     return {
         "name": root.resolve().name if extras_dir is None else Path(extras).resolve().name,
         "license": license or _license(encoder, llm),
@@ -457,7 +458,9 @@ def _description(facts: Mapping[str, Any]) -> list[str]:
         f"- Visual prompts per study: {facts.get('num_image_tokens')}; views per study: {arch.get('max_views')} "
         f"(fusion: {arch.get('view_fusion')}); projector: {arch.get('projector')}",
         f"- Auxiliary heads: finding head {_cell(bool(arch.get('finding_head')))}, finding prompts "
-        f"{_cell(bool(arch.get('finding_prompts')))}, attribute head {_cell(bool(arch.get('attribute_head')))}",
+        f"{_cell(bool(arch.get('finding_prompts')))}, attribute head {_cell(bool(arch.get('attribute_head')))}"
+        f"{' (on the encoder tokens)' if arch.get('attribute_source') == 'tokens' else ''}, attribute slot prompts "
+        f"{_cell(bool(arch.get('attribute_slots')))}",
         f"- Bases a stage trained in full: {', '.join(facts.get('trained') or []) or 'none'}",
     ]
     for key in ("encoder", "llm"):

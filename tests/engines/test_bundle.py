@@ -144,6 +144,35 @@ def test_evaluating_writes_scores_and_settings(trained_bundle: Path) -> None:
 
 
 @pytest.mark.slow
+def test_attribute_slots_overlay_trains_and_evaluates(tmp_path: Path) -> None:
+    """configs/attribute_slots.yaml merged after train.yaml: a token-reading attribute head and 30 slot prompts in
+    place of the finding head, read by the LLM from stage 0 on; evaluating scores the sides and sizes."""
+    overlay = yaml.safe_load((CONFIGS / "attribute_slots.yaml").read_text())
+    net = overlay["network_config"]
+    assert net["attribute_slots"] and net["attribute_source"] == "tokens" and not net["finding_head"]
+    tiny = dict(TINY_OVERRIDES)
+    keys = ("finding_head", "finding_prompts", "hard_finding_prompts", "attribute_head", "attribute_source",
+            "attribute_slots")  # fmt: skip
+    tiny["network_config"] = {**TINY_OVERRIDES["network_config"], **{k: net[k] for k in keys}}
+    tiny["max_length"] = tiny["network_config"]["max_length"] = 128
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    _bundle("training", [CONFIGS / "train.yaml", CONFIGS / "attribute_slots.yaml", path], tmp_path, "--device", "cpu")
+    model = tmp_path / "models" / "report_generator"
+    saved = json.loads((model / "generator.json").read_text())
+    assert saved["config"]["attribute_slots"] and not saved["config"]["finding_prompts"]
+    assert saved["num_image_tokens"] == 4 + 30  # 4 visual prompts, 9 presence and 21 field slots
+    from safetensors.torch import load_file
+
+    weights = load_file(str(model / "modules.safetensors"))
+    assert any(k.startswith("attribute_slots.") for k in weights)
+    assert any(k.startswith("attribute_head.pool.") for k in weights)
+    _bundle("evaluating", [CONFIGS / "evaluate.yaml"], tmp_path, "--device", "cpu")
+    scores = json.loads((tmp_path / "eval" / "test" / "scores.json").read_text())["scores"]
+    assert {"attr/mention_recall", "CE-14 micro-F1", "BLEU-4/ceiling"} <= set(scores)
+
+
+@pytest.mark.slow
 def test_inference_on_a_dicom_and_a_png(trained_bundle: Path, rg1_uncompressed: Path, tmp_path: Path) -> None:
     root = trained_bundle
     png = next((root / "data" / "synthetic" / "images").rglob("*.png"))
