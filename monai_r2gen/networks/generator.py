@@ -1100,7 +1100,7 @@ class RadiologyReportGenerator(nn.Module):
                 if teacher_forcing < 1:
                     pick = torch.rand(visual_tokens.shape[0], device=visual_tokens.device) < teacher_forcing
                 if aux and self.finding_prompts is not None:
-                    forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, pick)
+                    forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, teacher_forcing, pick)
                 if known_slots is not None:
                     forced_slots = self._forced_slot_values(visual_tokens, view_mask, known_slots, pick)
             if images is not None or visual_tokens is not None:
@@ -1222,12 +1222,15 @@ class RadiologyReportGenerator(nn.Module):
         visual_tokens: torch.Tensor,
         view_mask: torch.Tensor | None,
         labels: torch.Tensor,
-        pick: torch.Tensor | None,
+        share: float,
+        pick: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Finding prompt values: the report ``labels`` for the studies ``pick`` ``(B,)`` marks (None: all), the
-        head's prediction for the rest."""
+        """Finding prompt values: the report ``labels`` for a random ``share`` of the studies (those ``pick``
+        ``(B,)`` marks, when given), the head's prediction for the rest."""
         if pick is None:
-            return labels.float()
+            if share >= 1:
+                return labels.float()
+            pick = torch.rand(labels.shape[0], device=labels.device) < share
         predicted = self.finding_probabilities(visual_tokens, view_mask)
         labels = labels.to(device=predicted.device, dtype=predicted.dtype)
         return torch.where(pick.to(labels.device)[:, None], labels, predicted)
