@@ -429,12 +429,21 @@ def trainer_section(args: argparse.Namespace, work: Path, peak: float) -> None:
     print_ratio("stage2_flops_share_of_matmul_peak", achieved / peak, ">= 0.40")
 
 
-def generation_race(ours: Any, lb: LlavaBench, batches: list[dict], tokens: int, repeats: int) -> None:
+def generation_race(
+    ours: Any, llava: Any, head: Any, batches: list[dict], tokens: int, repeats: int, natural: bool
+) -> None:
     """Greedy reports for the same studies with copied weights: ours (``generate``) against LLaVA's ``generate``,
-    the same settings and exactly ``tokens`` new tokens on both sides; prints the share of identical reports."""
+    the same settings on both sides; prints the share of identical reports.
+
+    ``natural``: each report stops at its EOS (at most ``tokens``); ours drops a finished report from the batch
+    (:mod:`monai_r2gen.networks.greedy`), LLaVA's ``generate`` runs it to the batch's longest. Otherwise exactly
+    ``tokens`` new tokens per report on both sides (the same work: parity expected).
+    """
     settings = ours.generation_settings(num_beams=1, do_sample=False, repetition_penalty=1.0, max_new_tokens=tokens,
-                                        min_new_tokens=tokens)  # fmt: skip
+                                        min_new_tokens=1 if natural else tokens)  # fmt: skip
     reports: dict[str, list[str]] = {"ours": [], "llava": []}
+    positions = {"ran": 0, "needed": 0}  # LLaVA's token positions, and those up to each report's EOS
+    eos = torch.tensor(settings["eos_token_id"]).reshape(-1)
 
     def run_ours() -> float:
         start = time.perf_counter()
@@ -444,25 +453,49 @@ def generation_race(ours: Any, lb: LlavaBench, batches: list[dict], tokens: int,
         return time.perf_counter() - start
 
     def run_llava() -> float:
-        lb.model.eval()
+        llava.eval()
         start = time.perf_counter()
-        texts = []
+        texts, ran, needed = [], 0, 0
         with torch.no_grad():
             for b in batches:
-                lb.head.view_mask = b["view_mask"]
-                out = lb.model.generate(input_ids=b["prompt_ids"], attention_mask=b["prompt_attention_mask"],
-                                        pixel_values=b["image"], **settings)  # fmt: skip
+                head.view_mask = b["view_mask"]
+                out = llava.generate(input_ids=b["prompt_ids"], attention_mask=b["prompt_attention_mask"],
+                                     pixel_values=b["image"], **settings)  # fmt: skip
                 new = out[:, b["prompt_ids"].shape[1] :]
+                ended = torch.isin(new, eos)
+                lengths = torch.where(ended.any(1), ended.int().argmax(1) + 1, new.shape[1])
+                ran, needed = ran + new.numel(), needed + int(lengths.sum())
                 texts += [t.strip() for t in ours.tokenizer.batch_decode(new, skip_special_tokens=True)]
         reports["llava"] = texts
+        positions.update(ran=ran, needed=needed)
         return time.perf_counter() - start
 
     times = interleave({"ours": run_ours, "llava": run_llava}, repeats)
     same = sum(a == b for a, b in zip(reports["ours"], reports["llava"])) / max(1, len(reports["ours"]))
     n = len(reports["ours"])
-    print(f"  greedy generation of {n} studies x {tokens} tokens: ours median {median(times['ours']):.2f} s, LLaVA "
+    kind = "stopping at EOS" if natural else f"x {tokens} tokens"
+    print(f"  greedy generation of {n} studies {kind}: ours median {median(times['ours']):.2f} s, LLaVA "
           f"{median(times['llava']):.2f} s; identical reports {same:.0%}")  # fmt: skip
-    print_ratio("generation_throughput_ours_over_llava", median(times["llava"]) / median(times["ours"]), ">= 1.2")
+    if natural:
+        print(f"    token positions up to each report's EOS {positions['needed']}; LLaVA's batches ran "
+              f"{positions['ran']} ({positions['ran'] / max(1, positions['needed']):.2f}x)")  # fmt: skip
+    name = "generation_throughput_ours_over_llava" if natural else "generation_fixed_length_ours_over_llava"
+    print_ratio(name, median(times["llava"]) / median(times["ours"]), ">= 1.2" if natural else "parity")
+
+
+def natural_generation_race(args: argparse.Namespace, work: Path, batches: list[dict]) -> None:
+    """Generation race on reports of their own lengths: a fresh copy of section 2's model whose LLM first learns
+    the training reports (``--race-steps`` text-only steps of stage 0, so that it writes EOS where a report ends),
+    then copied into LLaVA."""
+    plain = {**network_settings(), "finding_head": False, "finding_prompts": False, "hard_finding_prompts": False}
+    workflow = make_workflow(work / "data", work / "run_race", plain, _stages(args))
+    teach = StageBench(workflow, "stage0", n_batches=args.race_steps, batch_size=args.batch_size)
+    seconds = teach.bare_run()
+    ours = workflow.network.eval()
+    llava = build_llava(ours)
+    print(f"  the LLM learnt the reports for {args.race_steps} text-only steps ({seconds:.0f} s)")
+    generation_race(ours, llava, llava.model.multi_modal_projector, batches, tokens=8 if args.quick else 96,
+                    repeats=args.epoch_repeats, natural=True)  # fmt: skip
 
 
 def llava_section(args: argparse.Namespace, work: Path) -> None:
@@ -500,7 +533,9 @@ def llava_section(args: argparse.Namespace, work: Path) -> None:
     print(f"  host synchronisations of one training forward on a GPU's paths: ours {ours_syncs.count} "
           f"{ours_syncs.events}, LLaVA {llava_syncs.count} {llava_syncs.events}")  # fmt: skip
     print_ratio("host_syncs_ours_minus_llava", ours_syncs.count - llava_syncs.count, "< 0")
-    generation_race(ours, lb, bench.batches, tokens=8 if args.quick else 96, repeats=args.epoch_repeats)
+    generation_race(ours, lb.model, lb.head, bench.batches, tokens=8 if args.quick else 96,
+                    repeats=args.epoch_repeats, natural=False)  # fmt: skip
+    natural_generation_race(args, work, bench.batches)
 
     def llava_steps() -> float:
         return lb.run(bench.batches)
@@ -554,6 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5, quick 1)")
     parser.add_argument("--epoch-repeats", type=int, default=None, help="repeats of the epoch race (default 3)")
     parser.add_argument("--batch-size", type=int, default=None, help="override the stages' batch size (quick: 4)")
+    parser.add_argument(
+        "--race-steps",
+        type=int,
+        default=None,
+        help="text-only steps before the generation race on natural lengths (default 80, quick 2)",
+    )
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's, all cores; --quick: 1)")  # fmt: skip
     parser.add_argument("--workdir", type=str, default=None, help="data and runs here (default: a temp dir)")
@@ -571,6 +612,7 @@ def main() -> None:
     args.repeats = args.repeats or (1 if quick else 5)
     args.epoch_repeats = args.epoch_repeats or (1 if quick else 3)
     args.batch_size = args.batch_size or (4 if quick else None)
+    args.race_steps = args.race_steps or (2 if quick else 80)
     args.threads = args.threads or (1 if quick else None)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("monai_r2gen").setLevel(logging.WARNING)

@@ -57,6 +57,7 @@ def test_bench_training_quick() -> None:
             "epoch_throughput_ours_grouped_over_llava",
             "epoch_throughput_ours_packed_over_llava",
             "generation_throughput_ours_over_llava",
+            "generation_fixed_length_ours_over_llava",
             "train_peak_rss_stage2_over_stage0",
         },
     )

@@ -8,9 +8,10 @@ attribute field of the kind (:data:`~monai_r2gen.data.finding_attributes.ATTRIBU
 encoder and projector, it makes the prompts the LLM reads carry the side and size of what the image shows, each
 finding in a place of its own; prompts after the anchored ones stay free.
 
-With ``token_dim`` the head reads the encoder's tokens instead, through an attention pooling of its own (one query per
-finding kind, :class:`~monai_r2gen.networks.projectors.AttentionPoolProjector`): the visual prompts are then left to
-the projector, and the head's prediction feeds the attribute slot prompts
+With ``token_dim`` the head reads the encoder's tokens instead, through an attention pooling of its own
+(``queries`` poolings per finding kind, :class:`~monai_r2gen.networks.projectors.AttentionPoolProjector`; probe ``k``
+reads its kind's poolings side by side, so that one can find a right-sided and another a left-sided finding): the
+visual prompts are then left to the projector, and the head's prediction feeds the attribute slot prompts
 (:mod:`~monai_r2gen.networks.attribute_slots`).
 """
 
@@ -46,22 +47,29 @@ class FindingAttributeHead(nn.Module):
         dim: prompt width (the LLM's hidden size).
         token_dim: read encoder tokens of this width through the head's own attention pooling (None: read the
             projector's first prompts).
+        queries: poolings per finding kind (with ``token_dim``).
 
     Raises:
-        ModelConfigError: fewer prompts than finding kinds.
+        ModelConfigError: fewer prompts than finding kinds, or ``queries`` < 1 or > 1 without ``token_dim``.
     """
 
-    def __init__(self, num_prompts: int, dim: int, token_dim: int | None = None) -> None:
+    def __init__(self, num_prompts: int, dim: int, token_dim: int | None = None, queries: int = 1) -> None:
         super().__init__()
+        if queries < 1 or (queries > 1 and token_dim is None):
+            raise ModelConfigError("the attribute head takes several poolings per finding kind only when it reads "
+                                   f"encoder tokens (attribute_source 'tokens'), got {queries}")  # fmt: skip
+        self.queries = int(queries)
         self.pool: AttentionPoolProjector | None = None
         if token_dim is not None:
-            self.pool = AttentionPoolProjector(token_dim, dim, len(ATTRIBUTE_KINDS))
+            self.pool = AttentionPoolProjector(token_dim, dim, len(ATTRIBUTE_KINDS) * self.queries)
+            if self.queries > 1:  # distinct poolings of one kind from the start
+                nn.init.normal_(self.pool.scores.weight, std=0.02)
         elif num_prompts < len(ATTRIBUTE_KINDS):
             raise ModelConfigError(f"the attribute head anchors one prompt per finding kind: it needs at least "
                                    f"{len(ATTRIBUTE_KINDS)} prompts, the projector gives {num_prompts}")  # fmt: skip
         self.sizes = [[len(v) for v in ATTRIBUTE_FIELDS[kind].values()] for kind in ATTRIBUTE_KINDS]
         self.norm = nn.LayerNorm(dim)
-        self.probes = nn.ModuleList(nn.Linear(dim, 1 + sum(sizes)) for sizes in self.sizes)
+        self.probes = nn.ModuleList(nn.Linear(dim * self.queries, 1 + sum(sizes)) for sizes in self.sizes)
 
     @property
     def num_anchored(self) -> int:
@@ -74,15 +82,17 @@ class FindingAttributeHead(nn.Module):
         return self.pool is not None
 
     def features(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """What a token-reading head probes: its pooling of ``(B, T, D)`` fused encoder tokens, ``(B, 9, H)``."""
+        """What a token-reading head probes: its poolings of ``(B, T, D)`` fused encoder tokens, ``(B, 9 * queries,
+        H)`` (the poolings of kind ``k`` at ``k * queries ...``)."""
         if self.pool is None:
             raise ModelConfigError("this attribute head reads the projector's prompts, not encoder tokens")
         return self.pool(tokens, token_mask)[0]
 
     def forward(self, prompts: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``(B, K, H)`` prompts -> presence logits ``(B, 9)`` and one ``(B, C_f)`` logit tensor per field of
-        :data:`~monai_r2gen.data.finding_attributes.FIELD_LIST`."""
-        x = self.norm(prompts[:, : self.num_anchored].float())
+        """``(B, K, H)`` prompts (or :meth:`features`) -> presence logits ``(B, 9)`` and one ``(B, C_f)`` logit
+        tensor per field of :data:`~monai_r2gen.data.finding_attributes.FIELD_LIST`."""
+        x = self.norm(prompts[:, : self.num_anchored * self.queries].float())
+        x = x.reshape(x.shape[0], self.num_anchored, -1)  # the poolings of one kind side by side
         presence, fields = [], []
         for k, probe in enumerate(self.probes):
             logits = probe(x[:, k])

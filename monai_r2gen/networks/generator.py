@@ -71,7 +71,9 @@ from monai_r2gen.networks.attribute_slots import (
     slot_values_from_logits,
     slot_values_from_targets,
 )
+from monai_r2gen.networks.attribute_words import attribute_word_ids, attribute_word_loss
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
+from monai_r2gen.networks.greedy import greedy_decode, supports_lean_greedy
 from monai_r2gen.networks.host_syncs import host_reads_are_free
 from monai_r2gen.networks.model_card import CARD_NAME, build_model_card, card_may_be_written, model_card_facts
 from monai_r2gen.networks.packing import pack, plan_packing
@@ -226,6 +228,9 @@ class GeneratorConfig:
         attribute_source: what the attribute head reads: "prompts" (the projector's first 9 prompts, anchored one
             per finding kind) or "tokens" (the encoder's tokens through an attention pooling of its own, so the
             visual prompts stay the projector's).
+        attribute_queries: with ``attribute_source`` "tokens", the head's attention poolings per finding kind
+            (read side by side by the kind's probe: one pooling can find a right-sided finding, another a
+            left-sided one).
         attribute_slots: append one prompt per attribute field (side, size, lobe ...; 21 for the nine finding
             kinds, :class:`~monai_r2gen.networks.attribute_slots.AttributeSlotPrompts`) after the visual and
             finding prompts, mixed from learned value vectors by the attribute head's (detached) prediction and, in
@@ -238,6 +243,9 @@ class GeneratorConfig:
             loss pulls the projector's prompts towards them. Training only: at inference the projector's prompts
             are the only way in. Needs ``attribute_head`` (its targets reach the batches).
         attribute_prompt_weight: weight of the alignment loss added to the LM loss.
+        attribute_word_weight: weight of an extra LM loss on the tokens of attribute words (sides, sizes, lobes;
+            :mod:`~monai_r2gen.networks.attribute_words`), so that the LLM learns to write what the attribute
+            prompts say as soon as it learns the rest of the report (0: off).
     """
 
     encoder: str = "small_cnn"
@@ -284,9 +292,11 @@ class GeneratorConfig:
     attribute_head: bool = False
     attribute_loss_weight: float = 1.0
     attribute_source: str = "prompts"
+    attribute_queries: int = 1
     attribute_slots: bool = False
     attribute_prompts: bool = False
     attribute_prompt_weight: float = 1.0
+    attribute_word_weight: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -300,6 +310,7 @@ class GeneratorConfig:
             ((self.image_mean is None) == (self.image_std is None), "image_mean and image_std go together"),
             (self.finding_loss_weight >= 0, "finding_loss_weight must be >= 0"),
             (self.attribute_loss_weight >= 0, "attribute_loss_weight must be >= 0"),
+            (self.attribute_word_weight >= 0, "attribute_word_weight must be >= 0"),
             (self.grid_size >= 1, "grid_size must be >= 1"),
             (self.prompt_scale in ("layernorm", "embedding"), "prompt_scale must be 'layernorm' or 'embedding'"),
             (self.finding_head or not self.finding_prompts, "finding_prompts needs finding_head"),
@@ -307,6 +318,8 @@ class GeneratorConfig:
              "hard_finding_prompts needs finding_prompts or attribute_slots"),
             (self.attribute_head or not self.attribute_prompts, "attribute_prompts needs attribute_head"),
             (self.attribute_source in ("prompts", "tokens"), "attribute_source must be 'prompts' or 'tokens'"),
+            (self.attribute_queries == 1 or (self.attribute_queries > 1 and self.attribute_source == "tokens"),
+             "attribute_queries > 1 needs attribute_source 'tokens' (and must be >= 1)"),
             (self.attribute_head or not self.attribute_slots, "attribute_slots needs attribute_head"),
         ]  # fmt: skip
         for ok, message in checks:
@@ -639,6 +652,14 @@ class RadiologyReportGenerator(nn.Module):
         if vocab < len(tokenizer):
             raise ModelConfigError(f"the LLM has {vocab} token embeddings for a tokenizer of {len(tokenizer)} tokens")
         self._num_image_tokens = int(projector.num_outputs(fusion.output_tokens(encoder.num_tokens)))
+        self._attribute_word_ids: torch.Tensor | None
+        if config.attribute_word_weight > 0:
+            ids = attribute_word_ids(tokenizer)
+            if not ids:
+                logger.warning("attribute_word_weight: the tokenizer writes no attribute word as one token; no loss")
+            self.register_buffer("_attribute_word_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        else:
+            self._attribute_word_ids = None
         weight = self.llm.get_input_embeddings().weight.detach()
         width, scale = int(weight.shape[1]), float(weight.float().std())  # prompts start at the word embeddings' scale
         self.finding_head: nn.Linear | None = None
@@ -653,7 +674,8 @@ class RadiologyReportGenerator(nn.Module):
         self.attribute_head: FindingAttributeHead | None = None
         if config.attribute_head:
             tokens = encoder.out_dim if config.attribute_source == "tokens" else None
-            self.attribute_head = _seeded(config.seed + 1, FindingAttributeHead, self._num_image_tokens, width, tokens)
+            self.attribute_head = _seeded(config.seed + 1, FindingAttributeHead, self._num_image_tokens, width, tokens,
+                                          config.attribute_queries)  # fmt: skip
         self.attribute_slots: AttributeSlotPrompts | None = None
         if config.attribute_slots:
             self.attribute_slots = _seeded(config.seed + 3, AttributeSlotPrompts, width, scale,
@@ -868,7 +890,11 @@ class RadiologyReportGenerator(nn.Module):
 
         A frozen encoder keeps no graph without a ``no_grad`` switch: the images require no gradient, so autograd
         records nothing unless a parameter does (and the forward needs no loop over the parameters to know).
+        A MONAI ``MetaTensor`` (a loaded study) is read as a plain tensor: its metadata would otherwise follow every
+        operation of the model and the LLM (several times the generation time).
         """
+        if type(images) is not torch.Tensor:
+            images = images.as_subclass(torch.Tensor)
         return self.encoder(images, view_mask)
 
     def finding_logits(self, visual_tokens: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -1140,6 +1166,10 @@ class RadiologyReportGenerator(nn.Module):
             output["attribute_loss"] = attribute_loss
             weighted = self.config.attribute_loss_weight * attribute_loss
             output["loss"] = weighted if output.loss is None else output.loss + weighted.to(output.loss.dtype)
+        if self._attribute_word_ids is not None and labels is not None and output.loss is not None:
+            word_loss = attribute_word_loss(output.logits, labels, self._attribute_word_ids)
+            output["attribute_word_loss"] = word_loss
+            output["loss"] = output.loss + self.config.attribute_word_weight * word_loss.to(output.loss.dtype)
         if alignment is not None and alignment.requires_grad:
             output["alignment_loss"] = alignment
             weighted = self.config.attribute_prompt_weight * alignment
@@ -1361,9 +1391,11 @@ class RadiologyReportGenerator(nn.Module):
             embeds, attention_mask = self.prepare_inputs_embeds(
                 prompt_ids, prompt_attention_mask, images, view_mask, visual_tokens
             )
-            out = self.llm.generate(
-                inputs_embeds=embeds, attention_mask=attention_mask, **self.generation_settings(**generation_kwargs)
-            )
+            settings = self.generation_settings(**generation_kwargs)
+            if supports_lean_greedy(settings):  # the same tokens, finished reports leaving the batch
+                out = greedy_decode(self.llm, embeds, attention_mask, **settings)
+            else:
+                out = self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **settings)
         finally:
             self.train(was_training)
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -311,8 +311,9 @@ def model_card_facts(
             evaluation = _evaluation(record, None)
 
     architecture_keys = ("max_views", "view_fusion", "projector", "num_queries", "prompt_scale", "finding_head",
-                         "finding_prompts", "attribute_head", "attribute_source", "attribute_slots", "max_length",
-                         "prompt_template", "dtype")  # fmt: skip
+                         "finding_prompts", "attribute_head", "attribute_source", "attribute_queries",
+                         "attribute_slots", "attribute_word_weight", "max_length", "prompt_template",
+                         "dtype")  # fmt: skip
     return {
         "name": root.resolve().name if extras_dir is None else Path(extras).resolve().name,
         "license": license or _license(encoder, llm),

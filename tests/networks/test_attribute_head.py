@@ -114,3 +114,25 @@ def test_attribute_head_is_saved_and_loaded(make_model, tmp_path):
     for (name, a), (_, b) in zip(model.attribute_head.state_dict().items(), loaded.attribute_head.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
     torch.testing.assert_close(loaded.projector.norm.weight, model.projector.norm.weight)
+
+
+def test_several_poolings_per_kind_are_read_side_by_side(make_model):
+    torch.manual_seed(0)
+    head = FindingAttributeHead(num_prompts=0, dim=8, token_dim=6, queries=3)
+    tokens = torch.randn(2, 10, 6)
+    features = head.features(tokens)
+    assert features.shape == (2, 3 * len(ATTRIBUTE_KINDS), 8)  # kind k's poolings at 3k, 3k + 1, 3k + 2
+    weights = head.pool.attention(tokens)
+    assert not torch.allclose(weights[:, 0], weights[:, 1])  # the poolings of one kind differ from the start
+    presence, fields = head(features)
+    assert presence.shape == (2, len(ATTRIBUTE_KINDS)) and len(fields) == len(FIELD_LIST)
+    changed = features.clone()
+    changed[:, 3 * ATTRIBUTE_KINDS.index("pneumothorax") + 2] += torch.randn(8)  # pneumothorax's third pooling
+    moved = (head(changed)[0] - presence).abs().sum(0) > 1e-6
+    assert moved.tolist() == [k == "pneumothorax" for k in ATTRIBUTE_KINDS]
+    with pytest.raises(ModelConfigError, match="encoder tokens"):
+        FindingAttributeHead(num_prompts=9, dim=8, queries=2)  # prompts are anchored one per kind
+    with pytest.raises(ModelConfigError, match="attribute_queries"):
+        make_model(attribute_head=True, attribute_queries=2)  # attribute_source "prompts"
+    model = make_model(attribute_head=True, attribute_source="tokens", attribute_queries=2)
+    assert model.attribute_head.pool.num_queries == 2 * len(ATTRIBUTE_KINDS)

@@ -216,6 +216,31 @@ def test_batched_generation_equals_one_by_one(make_model):
     assert bool((attention[:, -1] == 1).all()) and bool((attention[:, 0] == 0).any())  # left padding
 
 
+def test_greedy_generation_drops_finished_reports_with_the_same_text(make_model, monkeypatch):
+    model = make_model()
+    _perturb(model.projector, "out_norm.weight")
+    images = torch.rand(6, 2, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    calls = []
+    monkeypatch.setattr(model.llm, "generate", lambda *a, **k: calls.append(1) or type(model.llm).generate(
+        model.llm, *a, **k))  # fmt: skip
+    lean = model.generate(images, mask, max_new_tokens=16)
+    assert not calls  # plain greedy search: our loop
+    reference = model.generate(images, mask, max_new_tokens=16, output_scores=False)  # a setting it leaves to HF
+    assert calls and lean == reference  # (reports of different lengths: tests/networks/test_greedy.py)
+
+
+def test_meta_tensor_views_reach_the_model_as_plain_tensors(make_model):
+    from monai.data import MetaTensor
+
+    model = make_model()
+    images = torch.rand(2, 1, 1, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(3))
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda module, args: seen.append(type(args[0])))
+    assert model.generate(MetaTensor(images), max_new_tokens=4) == model.generate(images, max_new_tokens=4)
+    assert seen == [torch.Tensor, torch.Tensor]  # no metadata carried through the model and the LLM
+
+
 def test_generation_settings_and_stopping(make_model):
     model = make_model()
     images = torch.rand(2, 1, 1, IMAGE_SIZE, IMAGE_SIZE)
