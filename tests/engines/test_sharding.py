@@ -104,8 +104,7 @@ def _worker(rank: int, port: int, tokenizer_dir: str, out: str) -> None:
         again.scatter()
         full = next(p for p in again.module.projector.parameters()).full_tensor()
         torch.testing.assert_close(full, next(p for p in model.projector.parameters()))
-        if rank == 0:
-            (Path(out) / "ok").write_text("ok")
+        (Path(out) / f"ok{rank}").write_text("ok")  # every check of this rank passed
     finally:
         torch.distributed.destroy_process_group()
 
@@ -115,8 +114,15 @@ def test_fully_sharded_stage_on_two_cpu_processes(tmp_path: Path) -> None:
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     train_report_tokenizer(make_reports(40), vocab_size=320, save_dir=tmp_path / "tokenizer")
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "tokenizer"), str(tmp_path)), nprocs=WORLD, join=True)
-    assert (tmp_path / "ok").read_text() == "ok"
+    done = [tmp_path / f"ok{rank}" for rank in range(WORLD)]
+    try:
+        mp.spawn(_worker, args=(_free_port(), str(tmp_path / "tokenizer"), str(tmp_path)), nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as exc:
+        # gloo's process-group teardown aborted once in CI ("terminate called without an active exception") after
+        # a run whose cause was not found; accepted only when every rank had passed every check before it
+        if exc.signal_name != "SIGABRT" or not all(path.exists() for path in done):
+            raise
+    assert all(path.read_text() == "ok" for path in done)
 
 
 def test_unknown_parallel_mode_is_refused() -> None:
