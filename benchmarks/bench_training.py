@@ -483,11 +483,17 @@ def generation_race(
     print_ratio(name, median(times["llava"]) / median(times["ours"]), ">= 1.2" if natural else "parity")
 
 
+#: the embedded default without its auxiliary head and prompts: the architecture LLaVA has (K = 16 visual prompts)
+_NO_HEADS = {"finding_head": False, "finding_prompts": False, "hard_finding_prompts": False, "attribute_head": False,
+             "attribute_source": "prompts", "attribute_box_weight": 0.0, "attribute_slots": False,
+             "attribute_word_weight": 0.0}  # fmt: skip
+
+
 def natural_generation_race(args: argparse.Namespace, work: Path, batches: list[dict]) -> None:
     """Generation race on reports of their own lengths: a fresh copy of section 2's model whose LLM first learns
     the training reports (``--race-steps`` text-only steps of stage 0, so that it writes EOS where a report ends),
     then copied into LLaVA."""
-    plain = {**network_settings(), "finding_head": False, "finding_prompts": False, "hard_finding_prompts": False}
+    plain = {**network_settings(), **_NO_HEADS}
     workflow = make_workflow(work / "data", work / "run_race", plain, _stages(args))
     teach = StageBench(workflow, "stage0", n_batches=args.race_steps, batch_size=args.batch_size)
     seconds = teach.bare_run()
@@ -501,7 +507,7 @@ def natural_generation_race(args: argparse.Namespace, work: Path, batches: list[
 def llava_section(args: argparse.Namespace, work: Path) -> None:
     """Section 2: stage 2 against LLaVA (loss parity, step on identical batches, an epoch with own batching)."""
     print("\n2. stage 2 against transformers' LlavaForConditionalGeneration (no finding head / prompts, K=16)")
-    plain = {**network_settings(), "finding_head": False, "finding_prompts": False, "hard_finding_prompts": False}
+    plain = {**network_settings(), **_NO_HEADS}
     workflow = make_workflow(work / "data", work / "run_llava", plain, _stages(args))
     ours = workflow.network
     llava = build_llava(ours)

@@ -12,13 +12,13 @@ Variants (stage lists for :class:`~monai_r2gen.engines.workflows.ReportTrainingW
                             presets get the same stage-0 warm-up as the protocol)
 ==========================  ==============================================================================
 
-Every variant gets the same number of iterations in stages 0-2 (``total_iterations``, default 380: the bundle's
-240 + 40 + 100) at the same batch size, split in the bundle's proportions; budgets are counted in iterations, not
+Every variant gets the same number of iterations in stages 0-2 (``total_iterations``, default 340: the bundle's
+200 + 40 + 100) at the same batch size, split in the bundle's proportions; budgets are counted in iterations, not
 seconds, so runs compare across machines. Every variant starts with the same encoder warm-up
-(``warmup_iterations``, default the bundle's 600; it trains the CNN and the finding head without running the LLM,
+(``warmup_iterations``, default the bundle's 800; it trains the CNN and the attribute head without running the LLM,
 so it is not part of the protocol under test). Each variant is trained from the same initial model (same data set,
 same seed) for every seed, then scored on the test split: CheXpert-14 micro / macro F1, BLEU-4, CIDEr. The stage
-settings below are those of ``bundle/configs/train.yaml``; every image stage teacher-forces the finding prompts.
+settings below are those of ``bundle/configs/train.yaml``; every image stage teacher-forces the slot prompts.
 
 Variants of a seed that begin with identical stages (the warm-up; stage 0 for all but ``no_stage0``) share them:
 the workflow seeds every stage from the run seed and the stage's position, so a stage trained once is the stage
@@ -65,21 +65,21 @@ _R2GENGPT = {"name": None, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 1
 
 #: variant name -> (stage, overrides, budget weight) triples
 ABLATION_VARIANTS: dict[str, list[tuple[str, dict[str, Any], int]]] = {
-    "full": [("stage0", {}, 240), ("stage1", {}, 40), ("stage2", {}, 100)],
-    "no_stage1": [("stage0", {}, 240), ("stage2", {}, 140)],
+    "full": [("stage0", {}, 200), ("stage1", {}, 40), ("stage2", {}, 100)],
+    "no_stage1": [("stage0", {}, 200), ("stage2", {}, 140)],
     "no_stage0": [("stage1", {}, 40), ("stage2", {}, 100)],
-    "frozen_encoder_stage1": [("stage0", {}, 240), ("stage1", {"train_encoder": False}, 40), ("stage2", {}, 100)],
-    "shallow": [("stage0", {}, 240), ("shallow", {}, 140)],
-    "delta": [("stage0", {}, 240), ("delta", {}, 140)],
-    "deep": [("stage0", {}, 240), ("deep", {}, 140)],
+    "frozen_encoder_stage1": [("stage0", {}, 200), ("stage1", {"train_encoder": False}, 40), ("stage2", {}, 100)],
+    "shallow": [("stage0", {}, 200), ("shallow", {}, 140)],
+    "delta": [("stage0", {}, 200), ("delta", {}, 140)],
+    "deep": [("stage0", {}, 200), ("deep", {}, 140)],
 }
 
 #: scores reported per run (keys of ReportEvaluationWorkflow's "scores")
 ABLATION_METRICS = ("CE-14 micro-F1", "CE-14 macro-F1", "BLEU-4", "CIDEr")
 
 
-def variant_stages(variant: str, total_iterations: int = 380, batch_size: int = 32, validate: bool = False,
-                   warmup_iterations: int = 600) -> list[dict[str, Any]]:  # fmt: skip
+def variant_stages(variant: str, total_iterations: int = 340, batch_size: int = 32, validate: bool = False,
+                   warmup_iterations: int = 800) -> list[dict[str, Any]]:  # fmt: skip
     """Stage settings of a variant: the encoder warm-up, then stages whose iterations sum to ``total_iterations``.
 
     Args:
@@ -124,8 +124,8 @@ def run_ablation(
     *,
     variants: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1),
-    total_iterations: int = 380,
-    warmup_iterations: int = 600,
+    total_iterations: int = 340,
+    warmup_iterations: int = 800,
     batch_size: int = 32,
     n_studies: int = 2000,
     image_size: int = 128,

@@ -75,6 +75,11 @@ class ShardedStage:
         units += [child for name, child in self.module.named_children() if name != "llm" and _has_parameters(child)]
         for unit in units:
             fully_shard(unit, **kwargs)
+        head = getattr(self.module, "attribute_head", None)
+        if head is not None:  # its token pooling runs through ``features``: gather the head's parameters there too
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            register_fsdp_forward_method(head, "features")
         fully_shard(self.module, **kwargs)
         self.trained = [name for name, p in self.module.named_parameters() if p.requires_grad]
         logger.info("fully_shard: %d units over %d ranks, %d trained tensors", len(units) + 1,

@@ -301,7 +301,7 @@ class _SaverState:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-_ATTRIBUTE_KEYS = ("attribute_presence", "attribute_fields")
+_ATTRIBUTE_KEYS = ("attribute_presence", "attribute_fields", "attribute_boxes", "attribute_box_views")
 
 
 class ReportBatchPreparer:
@@ -841,6 +841,10 @@ class ReportTrainingWorkflow:
             from monai_r2gen.data.finding_attributes import FindingAttributeTargetsd
 
             transforms.append(FindingAttributeTargetsd(keys="findings", report_key="report"))
+            if with_images and getattr(network.config, "attribute_box_weight", 0) > 0:
+                from monai_r2gen.data.finding_boxes import FindingBoxesd
+
+                transforms.append(FindingBoxesd(keys="findings", max_views=self.max_views))
         items = self._manifest_items(split)
         if not train and stage.val_max_studies:
             items = items[: int(stage.val_max_studies)]

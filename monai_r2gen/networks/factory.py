@@ -138,19 +138,34 @@ def tiny_encoder_options(
     return options
 
 
+#: the embedded default's auxiliary head and prompts (small CNN with an LLM built from a config)
+_EMBEDDED_HEADS: dict[str, Any] = {
+    "finding_head": False,
+    "finding_prompts": False,
+    "hard_finding_prompts": True,
+    "attribute_head": True,
+    "attribute_source": "dense",
+    "attribute_box_weight": 10.0,
+    "attribute_slots": True,
+    "attribute_word_weight": 0.3,
+}
+
+
 def embedded_default_config(**overrides: Any) -> GeneratorConfig:
-    """The embedded default: small CNN at 128 px (64 tokens of 128), mean view fusion, attention resampler with
-    K = 16 visual prompts, a finding head whose 14 probabilities become 14 more prompts (``K`` = 30), random-init
-    Llama 4 x 256, a short prompt (:data:`EMBEDDED_PROMPT`) and greedy decoding (:data:`EMBEDDED_GENERATION`).
+    """The embedded default: small CNN at 128 px (64 tokens of 128 per view), mean view fusion, attention resampler
+    with K = 16 visual prompts, an attribute head on per-token presence maps of each view's tokens whose prediction
+    fills 30 attribute slot prompts (``K`` = 46), random-init Llama 4 x 256, a short prompt
+    (:data:`EMBEDDED_PROMPT`) and greedy decoding (:data:`EMBEDDED_GENERATION`).
 
-    The finding head and prompts are what make this tiny model read the image in minutes: without them, its LLM
-    learned to ignore the visual prompts (the loss with shuffled images equalled the loss with the right ones), and
-    the CNN alone, trained through the LM loss, did not learn the findings (docs/getting-started.md has the
-    measurements).
+    The attribute head (``attribute_source="dense"``, its maps taught by the data set's finding boxes with
+    ``attribute_box_weight``) and the slot prompts are what make this tiny model read the image in minutes, side and
+    size included: without an auxiliary head its LLM learned to ignore the visual prompts, and a finding head of
+    14 labels (``finding_head`` / ``finding_prompts``, the earlier default) names the findings but cannot carry their
+    side or size (docs/getting-started.md has the measurements).
 
-    The CNN width applies to the small CNN, the short prompt to an LLM built from a config, and the finding head and
-    prompts to the two together: a real encoder or LLM given by override gets R2GenGPT's architecture and prompt
-    unless ``finding_head`` / ``finding_prompts`` are set explicitly.
+    The CNN width applies to the small CNN, the short prompt to an LLM built from a config, and the head and slots
+    to the two together: a real encoder or LLM given by override gets R2GenGPT's architecture and prompt unless
+    the head settings are given explicitly.
 
     Args:
         **overrides: any :class:`GeneratorConfig` field.
@@ -162,10 +177,8 @@ def embedded_default_config(**overrides: Any) -> GeneratorConfig:
         settings["encoder_options"] = {"channels": [16, 32, 64, 128]}
     if tiny_llm:  # a pretrained LLM keeps the R2GenGPT instruction prompt
         settings["prompt_template"] = EMBEDDED_PROMPT
-    if tiny_encoder and tiny_llm:  # 30 prompts: 160 tokens leave room for 99% of the phantom reports
-        settings.update(
-            finding_head=True, finding_prompts=True, hard_finding_prompts=True, finding_loss_weight=1.0, max_length=160
-        )
+    if tiny_encoder and tiny_llm:  # 46 prompts: 176 tokens leave room for 99% of the phantom reports
+        settings.update(_EMBEDDED_HEADS, max_length=176)
     settings.update(overrides)
     return GeneratorConfig.from_dict(settings)
 

@@ -226,11 +226,16 @@ class GeneratorConfig:
             an auxiliary loss on the visual path wherever the projector or encoder trains.
         attribute_loss_weight: weight of the probe's loss added to the LM loss.
         attribute_source: what the attribute head reads: "prompts" (the projector's first 9 prompts, anchored one
-            per finding kind) or "tokens" (the encoder's tokens through an attention pooling of its own, so the
-            visual prompts stay the projector's).
+            per finding kind), "tokens" (the encoder's tokens through an attention pooling of its own, so the
+            visual prompts stay the projector's) or "dense" (the encoder's tokens through per-token presence maps,
+            :class:`~monai_r2gen.networks.dense_readout.DenseKindReadout`: no kind can lose its finding).
         attribute_queries: with ``attribute_source`` "tokens", the head's attention poolings per finding kind
             (read side by side by the kind's probe: one pooling can find a right-sided finding, another a
             left-sided one).
+        attribute_box_weight: with ``attribute_source`` "dense" and finding boxes in the batches
+            (:class:`~monai_r2gen.data.finding_boxes.FindingBoxesd`, the phantoms' ``findings.json`` records them),
+            weight of the presence maps' loss against the boxes
+            (:func:`~monai_r2gen.networks.dense_readout.box_map_loss`): each map is taught where its finding is.
         attribute_slots: append one prompt per attribute field (side, size, lobe ...; 21 for the nine finding
             kinds, :class:`~monai_r2gen.networks.attribute_slots.AttributeSlotPrompts`) after the visual and
             finding prompts, mixed from learned value vectors by the attribute head's (detached) prediction and, in
@@ -293,6 +298,7 @@ class GeneratorConfig:
     attribute_loss_weight: float = 1.0
     attribute_source: str = "prompts"
     attribute_queries: int = 1
+    attribute_box_weight: float = 0.0
     attribute_slots: bool = False
     attribute_prompts: bool = False
     attribute_prompt_weight: float = 1.0
@@ -311,13 +317,15 @@ class GeneratorConfig:
             (self.finding_loss_weight >= 0, "finding_loss_weight must be >= 0"),
             (self.attribute_loss_weight >= 0, "attribute_loss_weight must be >= 0"),
             (self.attribute_word_weight >= 0, "attribute_word_weight must be >= 0"),
+            (self.attribute_box_weight >= 0, "attribute_box_weight must be >= 0"),
             (self.grid_size >= 1, "grid_size must be >= 1"),
             (self.prompt_scale in ("layernorm", "embedding"), "prompt_scale must be 'layernorm' or 'embedding'"),
             (self.finding_head or not self.finding_prompts, "finding_prompts needs finding_head"),
             (self.finding_prompts or self.attribute_slots or not self.hard_finding_prompts,
              "hard_finding_prompts needs finding_prompts or attribute_slots"),
             (self.attribute_head or not self.attribute_prompts, "attribute_prompts needs attribute_head"),
-            (self.attribute_source in ("prompts", "tokens"), "attribute_source must be 'prompts' or 'tokens'"),
+            (self.attribute_source in ("prompts", "tokens", "dense"),
+             "attribute_source must be 'prompts', 'tokens' or 'dense'"),
             (self.attribute_queries == 1 or (self.attribute_queries > 1 and self.attribute_source == "tokens"),
              "attribute_queries > 1 needs attribute_source 'tokens' (and must be >= 1)"),
             (self.attribute_head or not self.attribute_slots, "attribute_slots needs attribute_head"),
@@ -673,9 +681,10 @@ class RadiologyReportGenerator(nn.Module):
                     self._num_image_tokens += self.finding_prompts.num_labels
         self.attribute_head: FindingAttributeHead | None = None
         if config.attribute_head:
-            tokens = encoder.out_dim if config.attribute_source == "tokens" else None
+            tokens = encoder.out_dim if config.attribute_source in ("tokens", "dense") else None
             self.attribute_head = _seeded(config.seed + 1, FindingAttributeHead, self._num_image_tokens, width, tokens,
-                                          config.attribute_queries)  # fmt: skip
+                                          config.attribute_queries, config.attribute_source == "dense",
+                                          config.max_views)  # fmt: skip
         self.attribute_slots: AttributeSlotPrompts | None = None
         if config.attribute_slots:
             self.attribute_slots = _seeded(config.seed + 3, AttributeSlotPrompts, width, scale,
@@ -966,7 +975,7 @@ class RadiologyReportGenerator(nn.Module):
             prompt_mask = torch.cat([prompt_mask, prompt_mask.new_ones(extra.shape[:2])], dim=1)
         if self.attribute_slots is not None:
             if attribute_values is None:
-                features = self.attribute_head.features(fused, token_mask) if self._attribute_reads_tokens() else visual
+                features = self._attribute_head_input(visual_tokens, view_mask, visual, (fused, token_mask))
                 attribute_values = slot_values_from_logits(*self.attribute_head(features),  # type: ignore[misc]
                                                            hard=self.config.hard_finding_prompts)  # fmt: skip
             extra = self.attribute_slots(attribute_values).to(prompts.dtype)
@@ -978,18 +987,24 @@ class RadiologyReportGenerator(nn.Module):
         return self.attribute_head is not None and self.attribute_head.reads_tokens
 
     def _attribute_head_input(
-        self, visual_tokens: torch.Tensor | None, view_mask: torch.Tensor | None, prompts: torch.Tensor | None
+        self,
+        visual_tokens: torch.Tensor | None,
+        view_mask: torch.Tensor | None,
+        prompts: torch.Tensor | None,
+        fused: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> torch.Tensor | None:
-        """What the attribute head reads: its pooling of the fused encoder tokens, or the projector's prompts
-        (None when the needed one is missing)."""
+        """What the attribute head reads: its pooling of the fused encoder tokens (``fused``: already computed), its
+        dense readout of each view's tokens, or the projector's prompts (None when the needed one is missing)."""
         if not self._attribute_reads_tokens():
             return prompts
         if visual_tokens is None:
             return None
         if not _autocast_enabled(visual_tokens.device):
             visual_tokens = visual_tokens.to(self.projector_dtype)
-        fused, token_mask = self.fusion(visual_tokens, view_mask)
-        return self.attribute_head.features(fused, token_mask)  # type: ignore[union-attr]
+        if self.attribute_head.dense:  # type: ignore[union-attr]
+            return self.attribute_head.features(visual_tokens, view_mask)  # type: ignore[union-attr]
+        fused = fused if fused is not None else self.fusion(visual_tokens, view_mask)
+        return self.attribute_head.features(*fused)  # type: ignore[union-attr]
 
     def prepare_inputs_embeds(
         self,
@@ -1052,6 +1067,8 @@ class RadiologyReportGenerator(nn.Module):
         teacher_forcing: float = 0.0,
         attribute_presence: torch.Tensor | None = None,
         attribute_fields: torch.Tensor | None = None,
+        attribute_boxes: torch.Tensor | None = None,
+        attribute_box_views: torch.Tensor | None = None,
         pack_sequences: bool = False,
         **kwargs: Any,
     ) -> Any:
@@ -1081,6 +1098,9 @@ class RadiologyReportGenerator(nn.Module):
                 (:class:`~monai_r2gen.data.finding_attributes.FindingAttributeTargetsd`).
             attribute_fields: ``(B, F)`` attribute-field targets of the attribute head; with both and a trainable
                 attribute head, ``.loss`` adds ``attribute_loss_weight`` times the head's loss on the visual prompts.
+            attribute_boxes: ``(B, M, 6)`` finding boxes and ``attribute_box_views`` ``(B, V)`` the views whose boxes
+                are known (:class:`~monai_r2gen.data.finding_boxes.FindingBoxesd`): the dense readout's presence
+                maps are taught where each finding is (``attribute_box_weight``).
             pack_sequences: run the LLM on the attended positions packed into fewer rows
                 (:mod:`~monai_r2gen.networks.packing`): the same loss without the padding's work; ``.logits`` are
                 then in the packed layout (training only).
@@ -1093,7 +1113,7 @@ class RadiologyReportGenerator(nn.Module):
         known = attribute_presence is not None and attribute_fields is not None
         attribute_targets = None
         if known and self._attribute_head_trains():
-            attribute_targets = (attribute_presence, attribute_fields)
+            attribute_targets = (attribute_presence, attribute_fields, attribute_boxes, attribute_box_views)
         # the attribute slot prompts of the studies' known attributes (teacher forcing, text-only stages)
         known_slots = None
         if known and self.attribute_slots is not None:
@@ -1162,7 +1182,7 @@ class RadiologyReportGenerator(nn.Module):
         if attribute_targets is not None:
             features = self._attribute_head_input(visual_tokens, view_mask, None if prompts is None else prompts[0])
         if attribute_targets is not None and features is not None:
-            attribute_loss = self.attribute_head.loss(features, *attribute_targets).loss  # type: ignore[union-attr]
+            attribute_loss = self._attribute_loss(features, attribute_targets)
             output["attribute_loss"] = attribute_loss
             weighted = self.config.attribute_loss_weight * attribute_loss
             output["loss"] = weighted if output.loss is None else output.loss + weighted.to(output.loss.dtype)
@@ -1201,6 +1221,13 @@ class RadiologyReportGenerator(nn.Module):
             first = torch.where(pick, targets, values[:, :anchored])
         return (torch.cat([first, values[:, anchored:]], dim=1), mask), alignment
 
+    def _attribute_loss(self, features: torch.Tensor, targets: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+        """The attribute head's loss on ``features`` against ``(presence, fields, boxes, box_views)``."""
+        head = self.attribute_head
+        assert head is not None
+        weight = self.config.attribute_box_weight
+        return head.loss(features, *(targets if weight > 0 else targets[:2]), box_weight=weight).loss  # type: ignore
+
     def _attribute_head_trains(self) -> bool:
         head = self.attribute_head
         return head is not None and any(p.requires_grad for p in head.parameters())
@@ -1211,7 +1238,7 @@ class RadiologyReportGenerator(nn.Module):
         view_mask: torch.Tensor | None,
         visual_tokens: torch.Tensor | None,
         finding_labels: torch.Tensor | None,
-        attribute_targets: tuple[torch.Tensor, torch.Tensor] | None,
+        attribute_targets: tuple[torch.Tensor | None, ...] | None,
     ) -> Any:
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -1234,7 +1261,7 @@ class RadiologyReportGenerator(nn.Module):
             features = self._attribute_head_input(visual_tokens, view_mask, None)
             if features is None:
                 features, _ = self.encode_images(visual_tokens=visual_tokens, view_mask=view_mask)
-            attribute_loss = self.attribute_head.loss(features, *attribute_targets).loss  # type: ignore[union-attr]
+            attribute_loss = self._attribute_loss(features, attribute_targets)
             output["attribute_loss"] = attribute_loss
             losses.append(self.config.attribute_loss_weight * attribute_loss)
         output["loss"] = torch.stack(losses).sum()

@@ -423,6 +423,9 @@ def _front(facts: Mapping[str, Any]) -> dict[str, Any]:
     return front
 
 
+_SOURCE_NOTES = {"tokens": " (on the encoder tokens)", "dense": " (per-token presence maps of the encoder tokens)"}
+
+
 def _part_rows(facts: Mapping[str, Any]) -> list[list[Any]]:
     rows = []
     for label, key in (("Vision encoder", "encoder"), ("Language model", "llm")):
@@ -460,7 +463,7 @@ def _description(facts: Mapping[str, Any]) -> list[str]:
         f"(fusion: {arch.get('view_fusion')}); projector: {arch.get('projector')}",
         f"- Auxiliary heads: finding head {_cell(bool(arch.get('finding_head')))}, finding prompts "
         f"{_cell(bool(arch.get('finding_prompts')))}, attribute head {_cell(bool(arch.get('attribute_head')))}"
-        f"{' (on the encoder tokens)' if arch.get('attribute_source') == 'tokens' else ''}, attribute slot prompts "
+        f"{_SOURCE_NOTES.get(arch.get('attribute_source'), '')}, attribute slot prompts "
         f"{_cell(bool(arch.get('attribute_slots')))}",
         f"- Bases a stage trained in full: {', '.join(facts.get('trained') or []) or 'none'}",
     ]

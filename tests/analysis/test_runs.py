@@ -22,8 +22,8 @@ def test_analyze_prompts_writes_table_and_histograms(saved_model_dir, phantom_di
 
 def test_analyze_prompts_on_the_embedded_default(phantom_dir, tmp_path):
     result = analyze_prompts("embedded", phantom_dir / "annotation.json", tmp_path, max_studies=2)
-    # 16 visual prompts, then the 14 finding prompts of the embedded default
-    assert result["rows"][0]["name"] == "embedded" and result["rows"][0]["prompts_per_study"] == 30
+    # 16 visual prompts, then the 30 attribute slot prompts of the embedded default
+    assert result["rows"][0]["name"] == "embedded" and result["rows"][0]["prompts_per_study"] == 46
 
 
 def test_analyze_attention_with_reference_reports_and_boxes(saved_model_dir, phantom_dir, tmp_path):

@@ -531,7 +531,9 @@ def test_hf_encoder_trained_in_full_is_saved_as_model_directory(make_model, enco
 def test_embedded_default_build(reports):
     model = build_generator(corpus=reports)
     assert model.encoder.num_tokens == 64 and model.encoder.out_dim == 128
-    assert model.finding_head is not None and model.num_image_tokens == 16 + 14  # visual + finding prompts
+    assert model.finding_head is None and model.attribute_head is not None and model.attribute_head.dense
+    assert model.num_image_tokens == 16 + 30  # visual + attribute slot prompts
+    assert model.config.max_length == 176 and model.config.attribute_box_weight > 0
     assert model.config.prompt_template.startswith("<Img><ImageHere></Img>")
     assert model.llm_config.model_type == "llama" and model.llm_config.num_hidden_layers == 4
     assert model.llm_config.vocab_size == len(model.tokenizer)
