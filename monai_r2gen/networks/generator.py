@@ -44,6 +44,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -318,6 +319,8 @@ class GeneratorConfig:
             (self.attribute_loss_weight >= 0, "attribute_loss_weight must be >= 0"),
             (self.attribute_word_weight >= 0, "attribute_word_weight must be >= 0"),
             (self.attribute_box_weight >= 0, "attribute_box_weight must be >= 0"),
+            (self.attribute_box_weight == 0 or self.attribute_source == "dense",
+             "attribute_box_weight needs attribute_source 'dense' (the boxes teach its presence maps)"),
             (self.grid_size >= 1, "grid_size must be >= 1"),
             (self.prompt_scale in ("layernorm", "embedding"), "prompt_scale must be 'layernorm' or 'embedding'"),
             (self.finding_head or not self.finding_prompts, "finding_prompts needs finding_head"),
@@ -685,6 +688,10 @@ class RadiologyReportGenerator(nn.Module):
             self.attribute_head = _seeded(config.seed + 1, FindingAttributeHead, self._num_image_tokens, width, tokens,
                                           config.attribute_queries, config.attribute_source == "dense",
                                           config.max_views)  # fmt: skip
+            grid = int(getattr(encoder, "num_tokens", 0) or 0)
+            if config.attribute_box_weight > 0 and math.isqrt(grid) ** 2 != grid:
+                raise ModelConfigError(f"attribute_box_weight: the boxes are drawn on a square token grid per view, "
+                                       f"the encoder gives {grid} tokens per view")  # fmt: skip
         self.attribute_slots: AttributeSlotPrompts | None = None
         if config.attribute_slots:
             self.attribute_slots = _seeded(config.seed + 3, AttributeSlotPrompts, width, scale,

@@ -136,6 +136,8 @@ def test_generator_adds_the_box_loss_with_a_dense_head(make_model, reports):
     torch.testing.assert_close(with_boxes.loss - without.loss, 2.0 * parts.box_loss)
     with pytest.raises(ModelConfigError, match="attribute_source"):
         make_model(attribute_head=True, attribute_source="grid")
+    with pytest.raises(ModelConfigError, match="attribute_box_weight needs"):
+        make_model(attribute_head=True, attribute_source="tokens", attribute_box_weight=1.0)
 
 
 def test_batch_preparer_passes_the_boxes_on():
