@@ -5,7 +5,7 @@
 
 Variants: full (stage 0 + 1 + 2), no_stage1, no_stage0, frozen_encoder_stage1, shallow, delta, deep (see
 ``monai_r2gen.analysis.ablation``). Each run trains the embedded default: the same encoder warm-up
-(``--warmup-iterations``, 800), then ``--iterations`` iterations shared by the variant's stages (the bundle's
+(``--warmup-iterations``, 1000), then ``--iterations`` iterations shared by the variant's stages (the bundle's
 200 + 40 + 100 = 340 by default), and is scored on the synthetic test split: CE-14 micro / macro F1, BLEU-4,
 CIDEr. Leading stages identical between variants of a seed (the warm-up, stage 0) are trained once and copied.
 The table is printed and written to ``<out>/ablation.md``; runs already scored are reused, so an interrupted

@@ -15,7 +15,7 @@ Variants (stage lists for :class:`~monai_r2gen.engines.workflows.ReportTrainingW
 Every variant gets the same number of iterations in stages 0-2 (``total_iterations``, default 340: the bundle's
 200 + 40 + 100) at the same batch size, split in the bundle's proportions; budgets are counted in iterations, not
 seconds, so runs compare across machines. Every variant starts with the same encoder warm-up
-(``warmup_iterations``, default the bundle's 800; it trains the CNN and the attribute head without running the LLM,
+(``warmup_iterations``, default the bundle's 1000; it trains the CNN and the attribute head without running the LLM,
 so it is not part of the protocol under test). Each variant is trained from the same initial model (same data set,
 same seed) for every seed, then scored on the test split: CheXpert-14 micro / macro F1, BLEU-4, CIDEr. The stage
 settings below are those of ``bundle/configs/train.yaml``; every image stage teacher-forces the slot prompts.
@@ -54,7 +54,7 @@ _LORA = {"r": 16, "alpha": 32, "dropout": 0.0,
 #: the embedded default's stage settings (bundle/configs/train.yaml)
 _BASE_STAGES: dict[str, dict[str, Any]] = {
     "encoder_warmup": {"name": "encoder_warmup", "validate": False, "lr": 3e-3, "warmup_steps": 20, "end_lr": 1e-5},
-    "stage0": {"name": "stage0", "text_only": True, "train_encoder": True, "validate": False, "lr": 3e-3,
+    "stage0": {"name": "stage0", "text_only": True, "train_encoder": False, "validate": False, "lr": 3e-3,
                "warmup_steps": 10, "end_lr": 1e-4},
     "stage1": {"name": "stage1", "train_encoder": True, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 5,
                "end_lr": 1e-4},
@@ -79,7 +79,7 @@ ABLATION_METRICS = ("CE-14 micro-F1", "CE-14 macro-F1", "BLEU-4", "CIDEr")
 
 
 def variant_stages(variant: str, total_iterations: int = 340, batch_size: int = 32, validate: bool = False,
-                   warmup_iterations: int = 800) -> list[dict[str, Any]]:  # fmt: skip
+                   warmup_iterations: int = 1000) -> list[dict[str, Any]]:  # fmt: skip
     """Stage settings of a variant: the encoder warm-up, then stages whose iterations sum to ``total_iterations``.
 
     Args:
@@ -125,7 +125,7 @@ def run_ablation(
     variants: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1),
     total_iterations: int = 340,
-    warmup_iterations: int = 800,
+    warmup_iterations: int = 1000,
     batch_size: int = 32,
     n_studies: int = 2000,
     image_size: int = 128,

@@ -176,7 +176,7 @@ def apply_stage(
         head = name.startswith(auxiliary) and encoder_mode != "frozen"
         prompts = name.startswith(_READ_PROMPTS) and preset.llm == "full"
         # (a token-reading one does not read the projector, which then stays frozen: unused weights break DDP)
-        unread = ("finding_head.", *_READ_PROMPTS, *(("projector.",) if reads_tokens else ()))
+        unread = ("finding_head.", *_READ_PROMPTS, *(("projector.", "attribute_features.") if reads_tokens else ()))
         visual = preset.findings_only and attribute_head and not name.startswith(unread)
         param.requires_grad_(preset.projector or head or prompts or visual)
 

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_r2gen.data.finding_attributes import ATTRIBUTE_KINDS
 from monai_r2gen.data.reports import DEFAULT_PROMPT, IGNORE_INDEX, IMAGE_TOKEN, encode_prompt
 from monai_r2gen.data.tokenizer import add_image_token
 from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError, ModelFileError
@@ -73,9 +74,11 @@ from monai_r2gen.networks.attribute_slots import (
     slot_values_from_targets,
 )
 from monai_r2gen.networks.attribute_words import attribute_word_ids, attribute_word_loss
+from monai_r2gen.networks.dense_readout import box_map_targets
 from monai_r2gen.networks.encoders import ENCODER_KINDS, HFVisionEncoder, VisionEncoder, build_encoder
 from monai_r2gen.networks.greedy import greedy_decode, supports_lean_greedy
 from monai_r2gen.networks.host_syncs import host_reads_are_free
+from monai_r2gen.networks.kind_feature_prompts import KindFeaturePrompts
 from monai_r2gen.networks.model_card import CARD_NAME, build_model_card, card_may_be_written, model_card_facts
 from monai_r2gen.networks.packing import pack, plan_packing
 from monai_r2gen.networks.projectors import (
@@ -107,7 +110,14 @@ MODULES_NAME = "modules.safetensors"
 # R2GenGPT decodes with beam 3 and repetition penalty 2.0 (its length penalty 2.0 and 80..120 new tokens are
 # tuned for MIMIC-CXR findings and stay settings).
 # the modules beside the projector (saved in modules.safetensors, trained in the "projector" group)
-_EXTRA_MODULES = ("finding_head", "finding_prompts", "attribute_head", "attribute_prompts", "attribute_slots")
+_EXTRA_MODULES = (
+    "finding_head",
+    "finding_prompts",
+    "attribute_head",
+    "attribute_features",
+    "attribute_prompts",
+    "attribute_slots",
+)
 
 DEFAULT_GENERATION: dict[str, Any] = {
     "num_beams": 3,
@@ -243,6 +253,11 @@ class GeneratorConfig:
             training, by each study's known attributes like the finding prompts (binarised with
             ``hard_finding_prompts``). Without finding prompts, one presence prompt per finding kind comes first
             (30 in all). Needs ``attribute_head``.
+        attribute_feature_prompts: append one soft visual prompt per finding kind after the projector's: the dense
+            readout's feature of that kind's presence map beside the study's mean feature, mapped to the LLM's width
+            (:class:`~monai_r2gen.networks.kind_feature_prompts.KindFeaturePrompts`). Image features, not a
+            prediction: the language model's loss reaches the encoder through them. Needs ``attribute_source``
+            "dense".
         attribute_prompts: learned target prompts of the first 9 visual prompts, built from each training study's
             findings (:class:`~monai_r2gen.networks.attribute_prompts.AttributeTargets`): with ``teacher_forcing``
             the language model reads the targets in place of the projector's prompts (per study), and an alignment
@@ -301,6 +316,7 @@ class GeneratorConfig:
     attribute_queries: int = 1
     attribute_box_weight: float = 0.0
     attribute_slots: bool = False
+    attribute_feature_prompts: bool = False
     attribute_prompts: bool = False
     attribute_prompt_weight: float = 1.0
     attribute_word_weight: float = 0.0
@@ -332,6 +348,8 @@ class GeneratorConfig:
             (self.attribute_queries == 1 or (self.attribute_queries > 1 and self.attribute_source == "tokens"),
              "attribute_queries > 1 needs attribute_source 'tokens' (and must be >= 1)"),
             (self.attribute_head or not self.attribute_slots, "attribute_slots needs attribute_head"),
+            ((self.attribute_head and self.attribute_source == "dense") or not self.attribute_feature_prompts,
+             "attribute_feature_prompts needs attribute_head with attribute_source 'dense'"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -692,6 +710,11 @@ class RadiologyReportGenerator(nn.Module):
             if config.attribute_box_weight > 0 and math.isqrt(grid) ** 2 != grid:
                 raise ModelConfigError(f"attribute_box_weight: the boxes are drawn on a square token grid per view, "
                                        f"the encoder gives {grid} tokens per view")  # fmt: skip
+        self.attribute_features: KindFeaturePrompts | None = None
+        if config.attribute_feature_prompts:  # after the projector's prompts, before the finding prompts
+            self.attribute_features = _seeded(config.seed + 4, KindFeaturePrompts, 2 * width, width,
+                                              len(ATTRIBUTE_KINDS), config.max_views, scale)  # fmt: skip
+            self._num_image_tokens += self.attribute_features.num_prompts
         self.attribute_slots: AttributeSlotPrompts | None = None
         if config.attribute_slots:
             self.attribute_slots = _seeded(config.seed + 3, AttributeSlotPrompts, width, scale,
@@ -948,6 +971,7 @@ class RadiologyReportGenerator(nn.Module):
         visual_tokens: torch.Tensor | None = None,
         finding_probabilities: torch.Tensor | None = None,
         attribute_values: SlotValues | None = None,
+        feature_statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft visual prompts of a batch of studies.
 
@@ -960,6 +984,8 @@ class RadiologyReportGenerator(nn.Module):
                 (teacher forcing with the report labels).
             attribute_values: values of the attribute slot prompts instead of the attribute head's prediction
                 (:func:`~monai_r2gen.networks.attribute_slots.slot_values_from_targets`).
+            feature_statistics: ``(statistics, rows)``: the known findings' map statistics of the attribute feature
+                prompts for those rows (:meth:`~monai_r2gen.networks.kind_feature_prompts.KindFeaturePrompts.forward`).
 
         Returns:
             ``(prompts, prompt_mask)``: ``(B, K, H)`` float32 and ``(B, K)`` bool: the projector's prompts, then the
@@ -973,7 +999,12 @@ class RadiologyReportGenerator(nn.Module):
             visual_tokens = visual_tokens.to(self.projector_dtype)
         fused, token_mask = self.fusion(visual_tokens, view_mask)
         prompts, prompt_mask = self.projector(fused, token_mask)
-        visual = prompts
+        visual, features = prompts, None
+        if self.attribute_features is not None:
+            features = self._attribute_head_input(visual_tokens, view_mask, visual, (fused, token_mask))
+            extra = self.attribute_features(features, view_mask, visual_tokens.shape[1], feature_statistics)
+            prompts = torch.cat([prompts, extra.to(prompts.dtype)], dim=1)
+            prompt_mask = torch.cat([prompt_mask, prompt_mask.new_ones(extra.shape[:2])], dim=1)
         if self.finding_prompts is not None:
             if finding_probabilities is None:
                 finding_probabilities = self.finding_probabilities(visual_tokens, view_mask)
@@ -982,7 +1013,8 @@ class RadiologyReportGenerator(nn.Module):
             prompt_mask = torch.cat([prompt_mask, prompt_mask.new_ones(extra.shape[:2])], dim=1)
         if self.attribute_slots is not None:
             if attribute_values is None:
-                features = self._attribute_head_input(visual_tokens, view_mask, visual, (fused, token_mask))
+                if features is None:
+                    features = self._attribute_head_input(visual_tokens, view_mask, visual, (fused, token_mask))
                 attribute_values = slot_values_from_logits(*self.attribute_head(features),  # type: ignore[misc]
                                                            hard=self.config.hard_finding_prompts)  # fmt: skip
             extra = self.attribute_slots(attribute_values).to(prompts.dtype)
@@ -1156,8 +1188,13 @@ class RadiologyReportGenerator(nn.Module):
                     forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, teacher_forcing, pick)
                 if known_slots is not None:
                     forced_slots = self._forced_slot_values(visual_tokens, view_mask, known_slots, pick)
+            forced_stats = None
+            if teacher_forcing > 0 and self.attribute_features is not None and attribute_presence is not None:
+                forced_stats = self._forced_feature_statistics(
+                    attribute_presence, attribute_boxes, attribute_box_views, view_mask, teacher_forcing
+                )
             if images is not None or visual_tokens is not None:
-                prompts = self.encode_images(images, view_mask, visual_tokens, forced, forced_slots)
+                prompts = self.encode_images(images, view_mask, visual_tokens, forced, forced_slots, forced_stats)
             shown, alignment = prompts, None
             if prompts is not None and self.attribute_prompts is not None and attribute_presence is not None:
                 shown, alignment = self._target_prompts(prompts, attribute_presence, attribute_fields, teacher_forcing)
@@ -1316,6 +1353,29 @@ class RadiologyReportGenerator(nn.Module):
         predicted = slot_values_from_logits(*self.attribute_head(features),  # type: ignore[misc]
                                             hard=self.config.hard_finding_prompts)  # fmt: skip
         return mix_slot_values(known, predicted, pick)
+
+    def _forced_feature_statistics(
+        self,
+        presence: torch.Tensor,
+        boxes: torch.Tensor | None,
+        box_views: torch.Tensor | None,
+        view_mask: torch.Tensor | None,
+        share: float,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The known findings' map statistics of the attribute feature prompts, and the rows that take them: a
+        random ``share`` of the studies whose boxes are known on every real view (None without boxes)."""
+        if boxes is None or box_views is None or self.attribute_features is None:
+            return None
+        features = self.attribute_features
+        views = box_views.shape[1] if view_mask is None else view_mask.shape[1]
+        known = box_views[:, :views].bool()
+        maps = box_map_targets(boxes, views, int(self.encoder.num_tokens), features.num_kinds)
+        stats = features.target_statistics(presence.to(maps.device), maps, view_mask)
+        real = torch.ones_like(known) if view_mask is None else view_mask.to(device=known.device, dtype=torch.bool)
+        rows = (known | ~real).all(dim=1) & (known.shape[1] == views)
+        if share < 1:
+            rows = rows & (torch.rand(rows.shape[0], device=rows.device) < share)
+        return stats, rows
 
     def _label_prompts(
         self,

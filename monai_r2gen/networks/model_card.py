@@ -312,7 +312,8 @@ def model_card_facts(
 
     architecture_keys = ("max_views", "view_fusion", "projector", "num_queries", "prompt_scale", "finding_head",
                          "finding_prompts", "attribute_head", "attribute_source", "attribute_queries",
-                         "attribute_slots", "attribute_word_weight", "max_length", "prompt_template",
+                         "attribute_slots", "attribute_feature_prompts", "attribute_word_weight", "max_length",
+                         "prompt_template",
                          "dtype")  # fmt: skip
     return {
         "name": root.resolve().name if extras_dir is None else Path(extras).resolve().name,
@@ -464,7 +465,8 @@ def _description(facts: Mapping[str, Any]) -> list[str]:
         f"- Auxiliary heads: finding head {_cell(bool(arch.get('finding_head')))}, finding prompts "
         f"{_cell(bool(arch.get('finding_prompts')))}, attribute head {_cell(bool(arch.get('attribute_head')))}"
         f"{_SOURCE_NOTES.get(arch.get('attribute_source'), '')}, attribute slot prompts "
-        f"{_cell(bool(arch.get('attribute_slots')))}",
+        f"{_cell(bool(arch.get('attribute_slots')))}, attribute feature prompts "
+        f"{_cell(bool(arch.get('attribute_feature_prompts')))}",
         f"- Bases a stage trained in full: {', '.join(facts.get('trained') or []) or 'none'}",
     ]
     for key in ("encoder", "llm"):

@@ -29,10 +29,10 @@ def test_every_variant_gets_the_same_budget(variant, total):
 def test_variant_contents():
     full = variant_stages("full")
     assert [s["name"] for s in full] == ["encoder_warmup", "stage0", "stage1", "stage2"]
-    assert [s["max_iterations"] for s in full] == [800, 200, 40, 100]  # bundle/configs/train.yaml
+    assert [s["max_iterations"] for s in full] == [1000, 200, 40, 100]  # bundle/configs/train.yaml
     assert [s["name"] for s in variant_stages("no_stage1", warmup_iterations=0)] == ["stage0", "stage2"]
     assert [s["name"] for s in variant_stages("no_stage0", warmup_iterations=0)] == ["stage1", "stage2"]
-    assert full[2]["train_encoder"] is True
+    assert full[1]["train_encoder"] is False and full[2]["train_encoder"] is True  # the CNN rests in stage 0
     assert variant_stages("frozen_encoder_stage1")[2]["train_encoder"] is False
     assert variant_stages("delta")[2]["preset"] == "delta"
     with pytest.raises(ValueError):
