@@ -254,10 +254,12 @@ class GeneratorConfig:
             ``hard_finding_prompts``). Without finding prompts, one presence prompt per finding kind comes first
             (30 in all). Needs ``attribute_head``.
         attribute_feature_prompts: append one soft visual prompt per finding kind after the projector's: the dense
-            readout's feature of that kind's presence map beside the study's mean feature, mapped to the LLM's width
-            (:class:`~monai_r2gen.networks.kind_feature_prompts.KindFeaturePrompts`). Image features, not a
-            prediction: the language model's loss reaches the encoder through them. Needs ``attribute_source``
-            "dense".
+            readout's feature of that kind's presence map beside the study's mean feature, and the map's statistics
+            (presence probability, soft areas per view and half), mapped to the LLM's width
+            (:class:`~monai_r2gen.networks.kind_feature_prompts.KindFeaturePrompts`). Continuous image features,
+            not a rounded prediction: the language model's loss reaches the encoder through them; with
+            ``teacher_forcing`` the statistics of training studies with known boxes are the known findings'. Needs
+            ``attribute_source`` "dense".
         attribute_prompts: learned target prompts of the first 9 visual prompts, built from each training study's
             findings (:class:`~monai_r2gen.networks.attribute_prompts.AttributeTargets`): with ``teacher_forcing``
             the language model reads the targets in place of the projector's prompts (per study), and an alignment
