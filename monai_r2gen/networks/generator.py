@@ -1374,7 +1374,7 @@ class RadiologyReportGenerator(nn.Module):
         maps = box_map_targets(boxes, views, int(self.encoder.num_tokens), features.num_kinds)
         stats = features.target_statistics(presence.to(maps.device), maps, view_mask)
         real = torch.ones_like(known) if view_mask is None else view_mask.to(device=known.device, dtype=torch.bool)
-        rows = (known | ~real).all(dim=1) & (known.shape[1] == views)
+        rows = (known | ~real).all(dim=1)
         if share < 1:
             rows = rows & (torch.rand(rows.shape[0], device=rows.device) < share)
         return stats, rows
