@@ -182,7 +182,7 @@ def build(s: Shapes, seq: int, dtype: str, train_encoder: bool) -> Any:
     """The stage-2 generator of shapes ``s`` built by the package (LoRA attached, freeze policy applied)."""
     from monai_r2gen.engines.stages import apply_stage
     from monai_r2gen.networks.factory import build_generator
-    from monai_r2gen.networks.generator import GeneratorConfig
+    from monai_r2gen.networks.generator_config import GeneratorConfig
 
     config = GeneratorConfig(
         encoder="hf",

@@ -71,7 +71,8 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     Raises:
         ModelConfigError: not a model directory (no readable ``generator.json``).
     """
-    from monai_r2gen.networks.generator import CONFIG_NAME, fingerprint
+    from monai_r2gen.networks.fingerprints import fingerprint
+    from monai_r2gen.networks.model_files import CONFIG_NAME
 
     root = Path(model_dir)
     try:

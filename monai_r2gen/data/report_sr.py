@@ -132,7 +132,7 @@ def model_identity(result: Mapping[str, Any], model_path: str | os.PathLike) -> 
     name = str(model.get("name") or Path(model_path).name or "monai-r2gen")
     fingerprint = str(model.get("fingerprint") or "")
     if not fingerprint:
-        from monai_r2gen.networks.generator import fingerprint as compute_fingerprint
+        from monai_r2gen.networks.fingerprints import fingerprint as compute_fingerprint
 
         fingerprint = compute_fingerprint(model_path)
     digest = fingerprint.split(":")[-1]

@@ -130,6 +130,26 @@ DEFAULT_STAGES: list[dict[str, Any]] = [
 ]
 
 
+# settings that are on / off (train_encoder, text_only and feature_cache also take a mode or None)
+_FLAG_SETTINGS = (
+    "enabled", "text_only", "train_encoder", "train_projector", "validate", "val_epoch_level", "augment",
+    "group_by_length", "pack_sequences", "feature_cache",
+)  # fmt: skip
+_FLAG_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _flag(value: Any, stage: Any, key: str) -> Any:
+    """``value`` with a written-out boolean (``--stage0#enabled false`` on the command line gives the string
+    ``'false'``, which Python would take as true) turned into ``True`` / ``False``; anything else as it is."""
+    if isinstance(value, str) and value.strip().lower() in _FLAG_WORDS:
+        return _FLAG_WORDS[value.strip().lower()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
+    if value is None or isinstance(value, bool) or key in ("train_encoder", "feature_cache"):
+        return value
+    raise ValueError(f"stage {stage}: {key} must be true or false, got {value!r}")
+
+
 class StageSettings(dict):
     """A stage's settings: :data:`DEFAULT_STAGE_SETTINGS` updated with the given mapping (attribute access)."""
 
@@ -145,6 +165,8 @@ class StageSettings(dict):
         if merged["parallel"] not in PARALLEL_MODES:
             raise ValueError(f"stage {merged['name']}: parallel must be one of {PARALLEL_MODES}, "
                              f"got {merged['parallel']!r}")  # fmt: skip
+        for key in _FLAG_SETTINGS:
+            merged[key] = _flag(merged[key], merged["name"], key)
         super().__init__(merged)
 
     def __getattr__(self, key: str) -> Any:

@@ -9,8 +9,10 @@ from monai_r2gen._lazy import lazy_exports
 
 _EXPORTS = {
     "RadiologyReportGenerator": "monai_r2gen.networks.generator",
-    "GeneratorConfig": "monai_r2gen.networks.generator",
-    "fingerprint": "monai_r2gen.networks.generator",
+    "GeneratorConfig": "monai_r2gen.networks.generator_config",
+    "fingerprint": "monai_r2gen.networks.fingerprints",
+    "load_causal_lm": "monai_r2gen.networks.llm_loading",
+    "load_tokenizer": "monai_r2gen.networks.llm_loading",
     "build_generator": "monai_r2gen.networks.factory",
     "embedded_default_config": "monai_r2gen.networks.factory",
     "tiny_llm_options": "monai_r2gen.networks.factory",

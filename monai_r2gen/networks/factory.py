@@ -19,12 +19,9 @@ from typing import Any
 
 from monai_r2gen.data.tokenizer import train_report_tokenizer
 from monai_r2gen.errors import ModelConfigError
-from monai_r2gen.networks.generator import (
-    TINY_LLAMA,
-    GeneratorConfig,
-    RadiologyReportGenerator,
-    load_tokenizer,
-)
+from monai_r2gen.networks.generator import RadiologyReportGenerator
+from monai_r2gen.networks.generator_config import TINY_LLAMA, GeneratorConfig
+from monai_r2gen.networks.llm_loading import load_tokenizer
 
 __all__ = [
     "EMBEDDED_GENERATION",

@@ -15,8 +15,8 @@ from monai_r2gen.data.tokenizer import train_report_tokenizer
 from monai_r2gen.engines.stages import apply_stage
 from monai_r2gen.errors import ModelConfigError
 from monai_r2gen.networks.factory import TINY_LLM_FAMILIES, tiny_llm_options
-from monai_r2gen.networks.generator import (
-    RadiologyReportGenerator,
+from monai_r2gen.networks.generator import RadiologyReportGenerator
+from monai_r2gen.networks.llm_loading import (
     default_lora_targets,
     linear_module_names,
     load_causal_lm,
@@ -189,7 +189,7 @@ def test_regex_and_partial_lists(family_dirs, caplog) -> None:
         resolve_lora_targets(llm, "(")
     with pytest.raises(ModelConfigError, match="module names"):
         resolve_lora_targets(llm, [])
-    with caplog.at_level(logging.WARNING, logger="monai_r2gen.networks.generator"):
+    with caplog.at_level(logging.WARNING, logger="monai_r2gen.networks.llm_loading"):
         assert resolve_lora_targets(llm, ["c_attn", "q_proj"]) == ["c_attn", "q_proj"]
     assert any("['q_proj']" in r.getMessage() and "'gpt2'" in r.getMessage() for r in caplog.records)
 

@@ -137,6 +137,17 @@ def test_stage_settings_defaults_and_unknown_keys() -> None:
         StageSettings({})
 
 
+
+def test_stage_settings_read_written_out_booleans() -> None:
+    # `--stage0#enabled false` on the bundle command line arrives as the string 'false', which Python takes as true
+    stage = StageSettings({"name": "stage0", "enabled": "false", "validate": "True", "augment": 1, "text_only": "no"})
+    assert stage.enabled is False and stage.validate is True and stage.augment is True and stage.text_only is False
+    modes = StageSettings({"name": "stage1", "train_encoder": "lora", "feature_cache": "auto"})
+    assert modes.train_encoder == "lora" and modes.feature_cache == "auto"
+    assert StageSettings({"name": "stage1", "train_encoder": "FALSE"}).train_encoder is False
+    with pytest.raises(ValueError, match="stage stage1: validate must be true or false, got 'maybe'"):
+        StageSettings({"name": "stage1", "validate": "maybe"})
+
 def test_trainable_state_holds_only_trainable_tensors() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     model[0].requires_grad_(False)

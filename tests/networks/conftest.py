@@ -12,7 +12,9 @@ import torch
 
 from monai_r2gen.data.tokenizer import train_report_tokenizer
 from monai_r2gen.networks.factory import tiny_encoder_options, tiny_llm_options
-from monai_r2gen.networks.generator import GeneratorConfig, RadiologyReportGenerator, load_causal_lm, load_tokenizer
+from monai_r2gen.networks.generator import RadiologyReportGenerator
+from monai_r2gen.networks.generator_config import GeneratorConfig
+from monai_r2gen.networks.llm_loading import load_causal_lm, load_tokenizer
 
 LLM_FAMILIES = ("llama", "gpt2", "qwen2", "mistral", "phi")
 ENCODER_FAMILIES = ("swin", "vit", "clip_vision_model", "siglip_vision_model", "dinov2")

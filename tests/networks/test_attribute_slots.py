@@ -14,7 +14,8 @@ from monai_r2gen.networks.attribute_slots import (
     slot_values_from_logits,
     slot_values_from_targets,
 )
-from monai_r2gen.networks.generator import GeneratorConfig, RadiologyReportGenerator
+from monai_r2gen.networks.generator import RadiologyReportGenerator
+from monai_r2gen.networks.generator_config import GeneratorConfig
 
 from .test_generator import _batch
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from monai_r2gen.data.reports import IGNORE_INDEX
 from monai_r2gen.errors import ModelConfigError
 from monai_r2gen.networks.attribute_words import ATTRIBUTE_WORDS, attribute_word_ids, attribute_word_loss
-from monai_r2gen.networks.generator import GeneratorConfig
+from monai_r2gen.networks.generator_config import GeneratorConfig
 
 from .conftest import collate_reports, make_reports
 

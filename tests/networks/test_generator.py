@@ -12,14 +12,11 @@ from monai_r2gen.data.reports import IGNORE_INDEX
 from monai_r2gen.engines.stages import apply_stage
 from monai_r2gen.errors import CheckpointMismatchError, ModelConfigError, ModelFileError
 from monai_r2gen.networks.factory import build_generator, embedded_default_config
-from monai_r2gen.networks.generator import (
-    GeneratorConfig,
-    RadiologyReportGenerator,
-    fingerprint,
-    load_causal_lm,
-    load_tokenizer,
-)
+from monai_r2gen.networks.fingerprints import fingerprint
+from monai_r2gen.networks.generator import RadiologyReportGenerator
+from monai_r2gen.networks.generator_config import GeneratorConfig
 from monai_r2gen.networks.host_syncs import HostSyncCounter
+from monai_r2gen.networks.llm_loading import load_causal_lm, load_tokenizer
 
 from .conftest import ENCODER_FAMILIES, IMAGE_SIZE, LLM_FAMILIES, tiny_config
 from .conftest import collate_reports as _batch
@@ -354,7 +351,7 @@ def test_lora_merge_gives_same_logits(make_model, tmp_path, reports):
     _perturb(model.llm, "lora_B")
     batch, _ = _batch(model, reports[:2], views=[2, 2])
     expected = _logits(model, batch)
-    model.merge_and_save(tmp_path / "merged")
+    model.save_pretrained(tmp_path / "merged", merge_lora=True)
     assert not (tmp_path / "merged" / "llm_lora").exists()
     torch.testing.assert_close(_logits(model, batch), expected)  # the live model is unmerged again
     merged = RadiologyReportGenerator.from_pretrained(tmp_path / "merged")

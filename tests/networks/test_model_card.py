@@ -12,7 +12,8 @@ import yaml
 
 from monai_r2gen.engines.stages import apply_stage
 from monai_r2gen.inference import model_fingerprint
-from monai_r2gen.networks.generator import RadiologyReportGenerator, load_causal_lm, load_tokenizer
+from monai_r2gen.networks.generator import RadiologyReportGenerator
+from monai_r2gen.networks.llm_loading import load_causal_lm, load_tokenizer
 from monai_r2gen.networks.model_card import (
     CARD_MARKER,
     EVALUATION_NAME,

@@ -15,7 +15,7 @@ import torch
 from monai_r2gen.engines.stages import apply_stage
 from monai_r2gen.errors import ModelFileError
 from monai_r2gen.files import OutputFileError
-from monai_r2gen.networks import generator as generator_module
+from monai_r2gen.networks import model_files
 from monai_r2gen.networks.generator import RadiologyReportGenerator
 
 from .conftest import tiny_config
@@ -314,7 +314,7 @@ def test_failed_save_leaves_the_earlier_model_whole(saved_model, tmp_path, monke
     def _crash(state, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(generator_module, "_save_safetensors", _crash)
+    monkeypatch.setattr(model_files, "_save_safetensors", _crash)
     with pytest.raises(OSError, match="No space left"):
         model.save_pretrained(target)
     assert sorted(p.relative_to(target) for p in target.rglob("*")) == before
@@ -330,7 +330,7 @@ def test_resave_keeps_user_files_and_drops_stale_parts(saved_model, tmp_path) ->
     shutil.copytree(saved_model, target)
     (target / "training_summary.json").write_text('{"stages": {}}')
     model = RadiologyReportGenerator.from_pretrained(saved_model)
-    model.merge_and_save(target)  # merged: no llm_lora/ any more
+    model.save_pretrained(target, merge_lora=True)  # merged: no llm_lora/ any more
     assert (target / "training_summary.json").read_text() == '{"stages": {}}'
     assert not (target / "llm_lora").exists() and (target / "llm" / "model.safetensors").is_file()
     assert not RadiologyReportGenerator.from_pretrained(target).has_llm_lora
@@ -354,7 +354,7 @@ def test_save_into_a_folder_whose_parent_is_read_only(saved_model, tmp_path, mon
 
     monkeypatch.setattr(tempfile, "mkdtemp", _read_only_parent)
     model = RadiologyReportGenerator.from_pretrained(saved_model)
-    model.merge_and_save(target)
+    model.save_pretrained(target, merge_lora=True)
     assert sorted(p.name for p in target.iterdir()) == sorted(
         ["README.md", "generator.json", "modules.safetensors", "tokenizer", "llm", "notes.txt"]
     )
