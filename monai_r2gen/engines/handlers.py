@@ -40,6 +40,7 @@ __all__ = [
     "compute_report_scores",
     "flatten_scores",
     "is_main_process",
+    "unwrap_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ def is_main_process() -> bool:
     )
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper."""
-    return module.module if hasattr(module, "module") and isinstance(module, torch.nn.Module) else module
+def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (any other module as it is)."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return module.module if isinstance(module, wrappers) else module
 
 
 class TrainableState:
@@ -78,7 +80,7 @@ class TrainableState:
     """
 
     def __init__(self, module: torch.nn.Module, names: Iterable[str] | None = None) -> None:
-        self.module = _unwrap(module)
+        self.module = unwrap_model(module)
         if names is None:
             names = [n for n, p in self.module.named_parameters() if p.requires_grad]
         self.names = list(names)

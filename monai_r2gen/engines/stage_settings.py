@@ -1,0 +1,105 @@
+"""A training stage's settings: the keys a stage may set, their defaults and the checks on them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from monai_r2gen.engines.sharding import PARALLEL_MODES
+
+logger = logging.getLogger(__name__)
+
+
+#: settings of a stage and their defaults; any key may be overridden per stage
+DEFAULT_STAGE_SETTINGS: dict[str, Any] = {
+    "name": None,
+    "enabled": True,
+    "preset": None,  # freeze preset in engines/stages.py: stage0/1/2, shallow, delta, deep (default: the name)
+    "text_only": None,  # report text without images (default: the preset's; True for stage0)
+    "train_encoder": None,  # None: the preset's; False/"frozen", "lora", True/"full"
+    "train_projector": None,  # None: the preset's; True / False (view fusion, projector and attribute head)
+    "teacher_forcing": 0.0,  # share of studies whose finding prompts carry the report's labels (image stages)
+    "lora": {},  # LLM LoRA settings when the preset uses LoRA: r, alpha, dropout, target_modules
+    "encoder_lora": {},  # encoder LoRA settings (delta preset or train_encoder="lora")
+    "max_epochs": 1,
+    "max_iterations": None,  # when set, the stage stops after this many iterations (overrides epochs)
+    "batch_size": 8,
+    "val_batch_size": None,
+    "lr": 1e-4,
+    "weight_decay": 0.0,
+    "warmup_steps": 0,  # iterations of linear warm-up before the cosine decay
+    "end_lr": 0.0,
+    "accumulation_steps": 1,
+    "grad_clip": 1.0,
+    "validate": True,
+    "val_interval": 1,
+    "val_epoch_level": True,
+    "val_max_studies": None,  # validate on the first N studies only (faster validation)
+    "selection": "bleu4_cider",  # key score for best-checkpoint selection (see handlers.ReportScores)
+    "early_stop_patience": 0,
+    "checkpoint_interval": None,  # iterations between resume checkpoints (default: once per epoch)
+    "handover": "best",  # weights passed to the next stage: "best" validated or "last"
+    "augment": False,
+    "group_by_length": False,  # batches of similar report lengths (less padding: faster LLM stages)
+    "pack_sequences": False,  # the LLM runs on the batch's attended positions packed into fewer rows (same loss)
+    "feature_cache": "auto",  # "auto" (when the encoder is frozen and augment is off), True or False
+    "generation": {},  # generate() kwargs for validation (max_new_tokens, num_beams, repetition_penalty ...)
+    "parallel": "ddp",  # with distributed: "ddp" (every rank holds the model) or "fsdp" (engines/sharding.py)
+}
+
+
+#: the default stage list (stage lengths are epochs or iterations, never wall-clock time)
+DEFAULT_STAGES: list[dict[str, Any]] = [
+    {"name": "stage0", "text_only": True, "validate": False, "lr": 1e-3},
+    {"name": "stage1", "lr": 1e-3},
+    {"name": "stage2", "lr": 5e-4, "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+]
+
+
+# settings that are on / off (train_encoder, text_only and feature_cache also take a mode or None)
+_FLAG_SETTINGS = (
+    "enabled", "text_only", "train_encoder", "train_projector", "validate", "val_epoch_level", "augment",
+    "group_by_length", "pack_sequences", "feature_cache",
+)  # fmt: skip
+
+
+_FLAG_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _flag(value: Any, stage: Any, key: str) -> Any:
+    """``value`` with a written-out boolean (``--stage0#enabled false`` on the command line gives the string
+    ``'false'``, which Python would take as true) turned into ``True`` / ``False``; anything else as it is."""
+    if isinstance(value, str) and value.strip().lower() in _FLAG_WORDS:
+        return _FLAG_WORDS[value.strip().lower()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
+    if value is None or isinstance(value, bool) or key in ("train_encoder", "feature_cache"):
+        return value
+    raise ValueError(f"stage {stage}: {key} must be true or false, got {value!r}")
+
+
+class StageSettings(dict):
+    """A stage's settings: :data:`DEFAULT_STAGE_SETTINGS` updated with the given mapping (attribute access)."""
+
+    def __init__(self, settings: Mapping[str, Any] | None = None, **overrides: Any) -> None:
+        merged = dict(DEFAULT_STAGE_SETTINGS)
+        merged.update(dict(settings or {}))
+        merged.update(overrides)
+        unknown = sorted(set(merged) - set(DEFAULT_STAGE_SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown stage settings {unknown}; known: {sorted(DEFAULT_STAGE_SETTINGS)}")
+        if not merged["name"]:
+            raise ValueError("every stage needs a 'name'")
+        if merged["parallel"] not in PARALLEL_MODES:
+            raise ValueError(f"stage {merged['name']}: parallel must be one of {PARALLEL_MODES}, "
+                             f"got {merged['parallel']!r}")  # fmt: skip
+        for key in _FLAG_SETTINGS:
+            merged[key] = _flag(merged[key], merged["name"], key)
+        super().__init__(merged)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError as exc:
+            raise AttributeError(key) from exc
