@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from monai_r2gen.data.datasets import stack_views
 from monai_r2gen.data.studies import Study, collect_studies
 from monai_r2gen.errors import InputFileError, ModelConfigError, R2GenError, RadiographReadError
 
@@ -278,18 +279,9 @@ class ReportInference:
         """
         network = self.load()
         settings = self.generation_settings(generation)
-        views = max(int(d["image"].shape[0]) for d in loaded)
-        images, masks = [], []
-        for d in loaded:
-            image = torch.as_tensor(d["image"]).float()
-            mask = torch.as_tensor(d.get("view_mask", torch.ones(image.shape[0], dtype=torch.bool))).bool()
-            if image.shape[0] < views:
-                image = torch.cat([image, image.new_zeros((views - image.shape[0], *image.shape[1:]))])
-                mask = torch.cat([mask, mask.new_zeros(views - mask.shape[0])])
-            images.append(image)
-            masks.append(mask)
-        batch = torch.stack(images).to(self.device)
-        view_mask = torch.stack(masks).to(self.device)
+        images, view_mask = stack_views(loaded)
+        batch = images.float().to(self.device)
+        view_mask = view_mask.to(self.device)
         prompt_ids, prompt_mask = self._prompt  # type: ignore[misc]
         return list(network.generate(batch, view_mask=view_mask, prompt_ids=prompt_ids.repeat(len(loaded), 1),
                                      prompt_attention_mask=prompt_mask.repeat(len(loaded), 1), **settings))  # fmt: skip

@@ -48,7 +48,15 @@ from monai_r2gen.data.reports import IGNORE_INDEX, TARGETS, clean_report, select
 from monai_r2gen.errors import InputFileError, ManifestError, ModelConfigError, R2GenError, RadiographReadError
 from monai_r2gen.metrics.nlg import MAX_REPORT_CHARS
 
-__all__ = ["IMAGE_PATH_FIELDS", "REPORT_SPLITS", "MAX_REPORT_CHARS", "read_manifest", "ReportDataset", "ReportCollate"]
+__all__ = [
+    "IMAGE_PATH_FIELDS",
+    "REPORT_SPLITS",
+    "MAX_REPORT_CHARS",
+    "read_manifest",
+    "ReportDataset",
+    "ReportCollate",
+    "stack_views",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -598,6 +606,36 @@ def _as_tensor(value: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
 
 
+def stack_views(items: Sequence[Mapping[Hashable, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the items' ``image`` views ``(V, C, H, W)`` (or ``(C, H, W)``, one view) to ``(B, V_max, C, H, W)``,
+    zero views appended, with the ``(B, V_max)`` mask of the real views (an item's ``view_mask`` when it has one).
+
+    Raises:
+        ModelConfigError: views that are not 3-D / 4-D or that differ in ``(C, H, W)``.
+    """
+    views = []
+    for item in items:
+        image = _as_tensor(item["image"])
+        views.append(image.unsqueeze(0) if image.ndim == 3 else image)
+    if any(v.ndim != 4 for v in views):
+        shapes = [tuple(v.shape) for v in views]
+        raise ModelConfigError(f"'image' items must be (V, C, H, W) or (C, H, W), got {shapes}")
+    if len({tuple(v.shape[1:]) for v in views}) > 1:
+        raise ModelConfigError(f"'image' items differ in (C, H, W): {sorted({tuple(v.shape[1:]) for v in views})}; "
+                               "resize and pad the views to one size (LoadStudyViewsd spatial_size)")  # fmt: skip
+    v_max = max(v.shape[0] for v in views)
+    images = torch.zeros((len(views), v_max, *views[0].shape[1:]), dtype=views[0].dtype)
+    mask = torch.zeros((len(views), v_max), dtype=torch.bool)
+    for row, (item, v) in enumerate(zip(items, views)):
+        images[row, : v.shape[0]] = v
+        if "view_mask" in item and item["view_mask"] is not None:
+            item_mask = _as_tensor(item["view_mask"]).to(torch.bool).reshape(-1)
+            mask[row, : item_mask.shape[0]] = item_mask[:v_max]
+        else:
+            mask[row, : v.shape[0]] = True
+    return images, mask
+
+
 class ReportCollate:
     """Collates report-generation items with dynamic padding.
 
@@ -625,29 +663,6 @@ class ReportCollate:
         self.pad_token_id = int(pad_token_id)
         self.padding_side = padding_side
 
-    def _collate_images(self, items: list[Mapping[Hashable, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        views = []
-        for item in items:
-            image = _as_tensor(item["image"])
-            views.append(image.unsqueeze(0) if image.ndim == 3 else image)
-        if any(v.ndim != 4 for v in views):
-            shapes = [tuple(v.shape) for v in views]
-            raise ModelConfigError(f"'image' items must be (V, C, H, W) or (C, H, W), got {shapes}")
-        if len({tuple(v.shape[1:]) for v in views}) > 1:
-            raise ModelConfigError(f"'image' items differ in (C, H, W): {sorted({tuple(v.shape[1:]) for v in views})}; "
-                                   "resize and pad the views to one size (LoadStudyViewsd spatial_size)")  # fmt: skip
-        v_max = max(v.shape[0] for v in views)
-        images = torch.zeros((len(views), v_max, *views[0].shape[1:]), dtype=views[0].dtype)
-        mask = torch.zeros((len(views), v_max), dtype=torch.bool)
-        for row, (item, v) in enumerate(zip(items, views)):
-            images[row, : v.shape[0]] = v
-            if "view_mask" in item and item["view_mask"] is not None:
-                item_mask = _as_tensor(item["view_mask"]).to(torch.bool).reshape(-1)
-                mask[row, : item_mask.shape[0]] = item_mask[:v_max]
-            else:
-                mask[row, : v.shape[0]] = True
-        return images, mask
-
     def __call__(self, batch: Sequence[Mapping[Hashable, Any] | None]) -> dict[str, Any]:
         items = [item for item in batch if item is not None]
         if not items:
@@ -672,7 +687,7 @@ class ReportCollate:
                 out["prompt_ids"] = _pad_sequences(seqs, self.pad_token_id, "left")
                 out["prompt_attention_mask"] = _pad_sequences([torch.ones_like(s) for s in seqs], 0, "left")
             elif key == "image":
-                out["image"], out["view_mask"] = self._collate_images(items)
+                out["image"], out["view_mask"] = stack_views(items)
             elif key == "view_mask" and "image" in keys:
                 continue  # built with the images
             elif all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:

@@ -256,8 +256,6 @@ class ReportScores(Metric):  # type: ignore[misc, valid-type]
         label_key: output key of the reference reports.
         tokenize: NLG tokenization passed to ``nlg_scores``.
         uncertain: CE treatment of uncertain mentions passed to ``ce_scores`` (None: its default).
-        gather: in torch.distributed, gather reports from every rank before scoring (each rank must then validate
-            a disjoint shard).
         nlg_metrics: NLG metrics computed during validation; default without METEOR, whose Java start-up costs
             seconds per validation (None: all).
     """
@@ -271,7 +269,6 @@ class ReportScores(Metric):  # type: ignore[misc, valid-type]
         label_key: str = "label",
         tokenize: str = "simple",
         uncertain: str | None = None,
-        gather: bool = False,
         nlg_metrics: Sequence[str] | None = ("BLEU", "ROUGE-L", "CIDEr"),
     ) -> None:
         self.selection = selection
@@ -281,7 +278,6 @@ class ReportScores(Metric):  # type: ignore[misc, valid-type]
         self.label_key = label_key
         self.tokenize = tokenize
         self.uncertain = uncertain
-        self.gather = gather
         self.nlg_metrics = list(nlg_metrics) if nlg_metrics is not None else None
         self._refs: list[str] = []
         self._hyps: list[str] = []
@@ -305,18 +301,9 @@ class ReportScores(Metric):  # type: ignore[misc, valid-type]
         self._hyps.extend(str(h) for h in hyps)
         self._refs.extend(str(r) for r in refs)
 
-    def _gathered(self) -> tuple[list[str], list[str]]:
-        refs, hyps = self._refs, self._hyps
-        if self.gather and torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, (refs, hyps))
-            refs = [r for part in parts for r in part[0]]
-            hyps = [h for part in parts for h in part[1]]
-        return refs, hyps
-
     def compute_all(self) -> dict[str, float]:
         """All scores of the reports seen since the last reset (empty run -> empty dict)."""
-        refs, hyps = self._gathered()
+        refs, hyps = self._refs, self._hyps  # under torch.distributed every rank validates the same studies
         if not refs:
             return {}
         return compute_report_scores(

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.handlers import CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch.utils.data.distributed import DistributedSampler
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+
+__all__ = ["RNGState", "ResumableSampler", "ResumeCheckpointSaver", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +154,15 @@ def latest_checkpoint(directory: str | os.PathLike, prefix: str = "last") -> Pat
         if match and (best is None or int(match.group(1)) > best[0]):
             best = (int(match.group(1)), path)
     return best[1] if best else None
+
+
+class ResumeCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` for the resume checkpoints, without the checkpoint it writes when an exception
+    (Ctrl-C, a crash) stops the run: that one would record the iteration under way with the weights, learning-rate
+    schedule and data order of some point inside it, so a resumed run would not continue the same run. The exception
+    propagates; the last interval checkpoint is whole and a restarted run continues from it.
+    """
+
+    def exception_raised(self, engine: Any, e: Exception) -> None:
+        """Re-raise ``e`` without saving."""
+        raise e

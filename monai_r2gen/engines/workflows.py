@@ -54,7 +54,14 @@ from monai_r2gen.engines.handlers import (
     unwrap_model,
 )
 from monai_r2gen.engines.progress import attach_progress, resolve_mode
-from monai_r2gen.engines.resume import ResumableSampler, RNGState, _attach_resume_skip, _SaverState, latest_checkpoint
+from monai_r2gen.engines.resume import (
+    ResumableSampler,
+    ResumeCheckpointSaver,
+    RNGState,
+    _attach_resume_skip,
+    _SaverState,
+    latest_checkpoint,
+)
 from monai_r2gen.engines.sharding import ShardedStage
 from monai_r2gen.engines.stage_hooks import _FinalValidation, _Handover
 from monai_r2gen.engines.stage_settings import DEFAULT_STAGES, StageSettings
@@ -126,8 +133,6 @@ class ReportTrainingWorkflow:
             training continues the same run).
         feature_cache_dir: cache root; default ``<output_dir>/feature_cache``.
         resume: continue from the last checkpoints / completed stages found in ``output_dir``.
-        stop_after_iterations: testing aid: stop the run (as if killed) after this many iterations of the current
-            stage, without marking it complete.
         findings_file: the studies' findings with their attributes (:func:`monai_r2gen.metrics.load_findings`
             layouts), targets of an attribute head; default: ``findings.json`` beside the annotation file when it
             exists (the phantoms write one). Studies it does not list have their attributes read from the report.
@@ -169,7 +174,6 @@ class ReportTrainingWorkflow:
         run_name: str | None = None,
         feature_cache_dir: str | os.PathLike | None = None,
         resume: bool = True,
-        stop_after_iterations: int | None = None,
         findings_file: str | os.PathLike | None = None,
     ) -> None:
         self._network_spec = network
@@ -216,7 +220,6 @@ class ReportTrainingWorkflow:
         self._tracker: Any = None
         self.feature_cache_dir = Path(feature_cache_dir) if feature_cache_dir else self.output_dir / "feature_cache"
         self.resume = resume
-        self.stop_after_iterations = stop_after_iterations
         self.history: dict[str, dict[str, Any]] = {}
         self._items: dict[str, list[dict[str, Any]]] = {}
         self._own_process_group = False
@@ -672,7 +675,7 @@ class ReportTrainingWorkflow:
                 "max_length": self.max_length, "report_style": self.report_style, "target": self.target,
                 "dataset_dir": str(self.dataset_dir),
                 "network": unwrap_model(self.network).config.to_dict()})  # fmt: skip
-        CheckpointSaver(
+        ResumeCheckpointSaver(
             save_dir=str(ckpt_dir),
             save_dict=save_dict,
             file_prefix="last",
@@ -685,22 +688,10 @@ class ReportTrainingWorkflow:
             trainer.add_event_handler(
                 Events.ITERATION_COMPLETED(once=int(stage.max_iterations)), lambda e: e.terminate()
             )
-        stopped: list[bool] = []
-        if self.stop_after_iterations:
-
-            def _stop(engine: Any) -> None:
-                stopped.append(True)
-                engine.terminate()
-
-            trainer.add_event_handler(Events.ITERATION_COMPLETED(once=int(self.stop_after_iterations)), _stop)
         if evaluator is not None:
-            final_validation = _FinalValidation(evaluator, trainer, budget=total_iterations)
-            trainer.add_event_handler(Events.COMPLETED, lambda e: None if stopped else final_validation(e))
-        handover = _Handover(stage, state, ckpt_dir, evaluator)
-        trainer.add_event_handler(Events.COMPLETED, lambda e: None if stopped else handover(e))
-        completion = StageCompletion(
-            stage_dir, stage.name, state, evaluator=evaluator, interrupted=lambda: bool(stopped)
-        )
+            trainer.add_event_handler(Events.COMPLETED, _FinalValidation(evaluator, trainer, budget=total_iterations))
+        trainer.add_event_handler(Events.COMPLETED, _Handover(stage, state, ckpt_dir, evaluator))
+        completion = StageCompletion(stage_dir, stage.name, state, evaluator=evaluator)
         completion.attach(trainer)
 
         start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from PIL import Image
 
 from monai_r2gen.engines.handlers import (
@@ -137,7 +138,6 @@ def test_stage_settings_defaults_and_unknown_keys() -> None:
         StageSettings({})
 
 
-
 def test_stage_settings_read_written_out_booleans() -> None:
     # `--stage0#enabled false` on the bundle command line arrives as the string 'false', which Python takes as true
     stage = StageSettings({"name": "stage0", "enabled": "false", "validate": "True", "augment": 1, "text_only": "no"})
@@ -147,6 +147,7 @@ def test_stage_settings_read_written_out_booleans() -> None:
     assert StageSettings({"name": "stage1", "train_encoder": "FALSE"}).train_encoder is False
     with pytest.raises(ValueError, match="stage stage1: validate must be true or false, got 'maybe'"):
         StageSettings({"name": "stage1", "validate": "maybe"})
+
 
 def test_trainable_state_holds_only_trainable_tensors() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
@@ -289,6 +290,31 @@ def _trainable(workflow: ReportTrainingWorkflow) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in TrainableState(workflow.network).state_dict().items()}
 
 
+class _KilledError(Exception):
+    """Stands for the process being killed mid-stage (Ctrl-C, the job scheduler)."""
+
+
+@contextlib.contextmanager
+def _killed_after(iterations: int):
+    """Every trainer the workflow builds raises :class:`_KilledError` once ``iterations`` iterations are done."""
+    from monai_r2gen.engines import workflows
+
+    build = workflows.create_stage_trainer
+
+    def _build(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+
+        def _kill(engine):
+            raise _KilledError(f"killed after iteration {engine.state.iteration}")
+
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=iterations), _kill)
+        return trainer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(workflows, "create_stage_trainer", _build)
+        yield
+
+
 @pytest.mark.slow
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
     # stage 2 (LoRA with dropout, projector), 7 iterations of batch 8 over 28 studies: 4 iterations per epoch, so the
@@ -300,9 +326,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data: Path, tm
     assert result["complete"] and result["stages"]["stage2"]["iterations"] == 7
     reference = _trainable(straight)
 
-    interrupted = _workflow(tiny_data, tmp_path / "resumed", stages, stop_after_iterations=3)
-    partial = interrupted.run()
-    assert not partial["complete"]
+    interrupted = _workflow(tiny_data, tmp_path / "resumed", stages)
+    with _killed_after(3), pytest.raises(_KilledError):
+        interrupted.run()
     assert not StageCompletion.is_complete(tmp_path / "resumed" / "stages" / "stage2")
     assert not (tmp_path / "resumed" / "model").exists()
     moved = _trainable(interrupted)
