@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from monai_r2gen.engines.sharding import PARALLEL_MODES
+from monai_r2gen.flags import as_flag
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +58,12 @@ DEFAULT_STAGES: list[dict[str, Any]] = [
 ]
 
 
-# settings that are on / off (train_encoder, text_only and feature_cache also take a mode or None)
-_FLAG_SETTINGS = (
-    "enabled", "text_only", "train_encoder", "train_projector", "validate", "val_epoch_level", "augment",
-    "group_by_length", "pack_sequences", "feature_cache",
-)  # fmt: skip
-
-
-_FLAG_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-
-
-def _flag(value: Any, stage: Any, key: str) -> Any:
-    """``value`` with a written-out boolean (``--stage0#enabled false`` on the command line gives the string
-    ``'false'``, which Python would take as true) turned into ``True`` / ``False``; anything else as it is."""
-    if isinstance(value, str) and value.strip().lower() in _FLAG_WORDS:
-        return _FLAG_WORDS[value.strip().lower()]
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
-        return bool(value)
-    if value is None or isinstance(value, bool) or key in ("train_encoder", "feature_cache"):
-        return value
-    raise ValueError(f"stage {stage}: {key} must be true or false, got {value!r}")
+# settings that are on / off, and the modes some of them also take (engines/stages.py, feature_cache.py)
+_FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
+    "enabled": (), "text_only": (), "train_encoder": ("frozen", "lora", "full"), "train_projector": (),
+    "validate": (), "val_epoch_level": (), "augment": (), "group_by_length": (), "pack_sequences": (),
+    "feature_cache": ("auto",),
+}  # fmt: skip
 
 
 class StageSettings(dict):
@@ -94,8 +81,8 @@ class StageSettings(dict):
         if merged["parallel"] not in PARALLEL_MODES:
             raise ValueError(f"stage {merged['name']}: parallel must be one of {PARALLEL_MODES}, "
                              f"got {merged['parallel']!r}")  # fmt: skip
-        for key in _FLAG_SETTINGS:
-            merged[key] = _flag(merged[key], merged["name"], key)
+        for key, modes in _FLAG_SETTINGS.items():
+            merged[key] = as_flag(merged[key], f"stage {merged['name']}: {key}", modes)
         super().__init__(merged)
 
     def __getattr__(self, key: str) -> Any:

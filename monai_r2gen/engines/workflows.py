@@ -66,6 +66,7 @@ from monai_r2gen.engines.sharding import ShardedStage
 from monai_r2gen.engines.stage_hooks import _FinalValidation, _Handover
 from monai_r2gen.engines.stage_settings import DEFAULT_STAGES, StageSettings
 from monai_r2gen.files import atomic_write_text
+from monai_r2gen.flags import as_flag
 from monai_r2gen.networks.model_card import write_model_card
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -102,6 +103,7 @@ class ReportTrainingWorkflow:
         output_dir: run directory (checkpoints, reports, logs, feature cache).
         model_dir: where the final model is saved (``save_pretrained``); default ``<output_dir>/model``.
         stages: list of stage settings (see :data:`DEFAULT_STAGE_SETTINGS`); default :data:`DEFAULT_STAGES`.
+        stage_defaults: settings every stage takes unless it sets them itself (the bundle's shared stage block).
         image_size: side of the square the views are resized and padded to (default: the model config's).
         max_views: views per study (default: the model config's).
         max_length: maximum tokenized length, prompt + image tokens + report + EOS (default: the model config's).
@@ -146,6 +148,7 @@ class ReportTrainingWorkflow:
         annotation_file: str | os.PathLike | None = None,
         model_dir: str | os.PathLike | None = None,
         stages: Sequence[Mapping[str, Any]] | None = None,
+        stage_defaults: Mapping[str, Any] | None = None,
         image_size: int | None = None,
         max_views: int | None = None,
         max_length: int | None = None,
@@ -183,7 +186,8 @@ class ReportTrainingWorkflow:
         self._findings_file = Path(findings_file) if findings_file else None
         self.output_dir = Path(output_dir)
         self.model_dir = Path(model_dir) if model_dir else self.output_dir / "model"
-        self.stages = [StageSettings(s) for s in (stages if stages is not None else DEFAULT_STAGES)]
+        shared = dict(stage_defaults or {})
+        self.stages = [StageSettings(shared, **s) for s in (stages if stages is not None else DEFAULT_STAGES)]
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -201,14 +205,14 @@ class ReportTrainingWorkflow:
         self.device = (
             torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
-        self.amp = bool(amp) and self.device.type == "cuda"
+        self.amp = bool(as_flag(amp, "amp")) and self.device.type == "cuda"
         self.amp_kwargs = {"dtype": getattr(torch, amp_dtype)} if self.amp else {}
-        self.distributed = bool(distributed)
+        self.distributed = bool(as_flag(distributed, "distributed"))
         self.dist_backend = dist_backend
         self.find_unused_parameters = find_unused_parameters
         self.seed = int(seed)
-        self.gradient_checkpointing = gradient_checkpointing
-        self.tensorboard = tensorboard
+        self.gradient_checkpointing = bool(as_flag(gradient_checkpointing, "gradient_checkpointing"))
+        self.tensorboard = bool(as_flag(tensorboard, "tensorboard"))
         self.progress = "bar" if progress_bar else progress
         resolve_mode(self.progress)  # unknown modes are refused before any work
         if tracking not in (None, "none", "mlflow"):
@@ -219,7 +223,7 @@ class ReportTrainingWorkflow:
         self.run_name = run_name or self.output_dir.resolve().name
         self._tracker: Any = None
         self.feature_cache_dir = Path(feature_cache_dir) if feature_cache_dir else self.output_dir / "feature_cache"
-        self.resume = resume
+        self.resume = bool(as_flag(resume, "resume"))
         self.history: dict[str, dict[str, Any]] = {}
         self._items: dict[str, list[dict[str, Any]]] = {}
         self._own_process_group = False
@@ -482,17 +486,125 @@ class ReportTrainingWorkflow:
         """Output directory of a stage."""
         return self.output_dir / "stages" / (stage if isinstance(stage, str) else stage.name)
 
+    def _validates(self, stage: StageSettings) -> bool:
+        """Whether ``stage`` validates: a text-only stage has no images to write reports for, and an encoder
+        warm-up has not trained the LLM yet."""
+        return bool(stage.validate) and not stage.text_only and not self._preset(stage).findings_only
+
+    def _fill_feature_cache(self, stage: StageSettings, cache: Any) -> float:
+        """Fill the stage's feature cache with the frozen encoder's tokens (rank 0); returns the seconds it took."""
+        network = unwrap_model(self.network)
+        items = list(self._manifest_items(self.train_split))
+        if self._validates(stage):
+            val_items = self._manifest_items(self.val_split)
+            items += val_items[: int(stage.val_max_studies)] if stage.val_max_studies else val_items
+        start = time.perf_counter()
+        if is_main_process():
+            batch_size = max(1, stage.batch_size)
+            cache.fill(items, network.encoder, self._load_transform(), batch_size=batch_size, device=self.device)
+        self._barrier()
+        return time.perf_counter() - start
+
+    def _training_network(self, network: torch.nn.Module, sharded: ShardedStage | None) -> torch.nn.Module:
+        """The module the trainer runs: the sharded copy (FSDP), the model in DDP, or the model itself."""
+        if sharded is not None:
+            return sharded.module
+        if self.distributed:
+            return torch.nn.parallel.DistributedDataParallel(
+                network,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.find_unused_parameters,
+            )
+        return network
+
+    def _validation(
+        self, stage: StageSettings, trainer: Any, state: TrainableState, cache: Any, writer: Any
+    ) -> tuple[Any, _SaverState | None]:
+        """The stage's evaluator with its logging, best-checkpoint saver and early stopping (None when the stage
+        does not validate), and the saver's state for the resume checkpoint."""
+        from monai.handlers import CheckpointSaver, EarlyStopHandler, StatsHandler, TensorBoardStatsHandler
+
+        if not self._validates(stage):
+            return None, None
+        stage_dir = self.stage_dir(stage)
+        val_ds = self._dataset(self.val_split, stage, cache, train=False)
+        val_loader, _ = self._loader(val_ds, int(stage.val_batch_size or stage.batch_size), train=False)
+        evaluator = create_report_evaluator(
+            network=unwrap_model(self.network),
+            data_loader=val_loader,
+            device=self.device,
+            selection=stage.selection,
+            generation=stage.generation,
+            report_dir=stage_dir / "reports",
+            report_prefix=stage.name,
+            trainer=trainer,
+            amp=self.amp,
+            amp_kwargs=self.amp_kwargs,
+        )
+        StatsHandler(
+            iteration_log=False,
+            output_transform=lambda x: None,
+            name=None,
+            global_epoch_transform=lambda _: trainer.state.iteration,
+        ).attach(evaluator)
+        # savers are built on every rank (ignite synchronises ranks when they are built); only rank 0 writes
+        best_saver = CheckpointSaver(
+            save_dir=str(stage_dir / "checkpoints"),
+            save_dict={"trainable": state},
+            save_key_metric=True,
+            key_metric_filename="best.pt",
+            key_metric_n_saved=1,
+        )
+        best_saver.attach(evaluator)
+        if stage.early_stop_patience:
+            EarlyStopHandler(
+                patience=int(stage.early_stop_patience),
+                score_function=lambda e: e.state.metrics[stage.selection],
+                trainer=trainer,
+            ).attach(evaluator)
+        if writer is not None:
+            TensorBoardStatsHandler(
+                summary_writer=writer,
+                iteration_log=False,
+                output_transform=lambda x: None,
+                global_epoch_transform=lambda _: trainer.state.iteration,
+            ).attach(evaluator)
+        return evaluator, _SaverState(best_saver, evaluator)
+
+    def _attach_logging(
+        self, trainer: Any, stage: StageSettings, epoch_length: int, total_iterations: int, writer: Any
+    ) -> Any:
+        """Progress bar or log lines, TensorBoard and MLflow on the trainer; returns the progress display."""
+        from monai.handlers import StatsHandler, TensorBoardStatsHandler
+
+        progress = attach_progress(trainer, stage.name, total=total_iterations, mode=self.progress)
+        if progress is None:  # "off" (or rank > 0): a log line every fifth of an epoch
+            log_every = max(1, epoch_length // 5)
+            StatsHandler(
+                tag_name="train_loss",
+                output_transform=_loss_value,
+                name=None,
+                iteration_log=lambda _, i: i % log_every == 0,
+            ).attach(trainer)
+        if writer is not None:
+            TensorBoardStatsHandler(
+                summary_writer=writer, tag_name="train_loss", output_transform=_loss_value, epoch_log=False
+            ).attach(trainer)
+        return progress
+
+    def _attach_tracking(self, trainer: Any, evaluator: Any, stage: StageSettings) -> None:
+        """MLflow tracking of the stage, when on."""
+        tracker = self._mlflow()
+        if tracker is None:
+            return
+        tracker.attach(trainer, evaluator, stage=stage.name, stage_params=dict(stage), params={
+            "seed": self.seed, "image_size": self.image_size, "max_views": self.max_views,
+            "max_length": self.max_length, "report_style": self.report_style, "target": self.target,
+            "dataset_dir": str(self.dataset_dir), "network": unwrap_model(self.network).config.to_dict()})  # fmt: skip
+
     def run_stage(self, stage: StageSettings) -> dict[str, Any]:
         """Train one stage (resuming from its last checkpoint when one exists) and hand its weights over."""
-        from monai.handlers import (
-            CheckpointLoader,
-            CheckpointSaver,
-            EarlyStopHandler,
-            LrScheduleHandler,
-            StatsHandler,
-            TensorBoardStatsHandler,
-            ValidationHandler,
-        )
+        from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
         from monai.optimizers import WarmupCosineSchedule
 
         network = unwrap_model(self.network)
@@ -508,23 +620,7 @@ class ReportTrainingWorkflow:
             for buffer in network.buffers():  # batch-norm statistics: all ranks take rank 0's
                 torch.distributed.broadcast(buffer.data, src=0)
         cache = self._feature_cache(stage)
-        if cache is not None:
-            train_items = self._manifest_items(self.train_split)
-            items = list(train_items)
-            if stage.validate and not stage.text_only and not self._preset(stage).findings_only:
-                val_items = self._manifest_items(self.val_split)
-                items += val_items[: int(stage.val_max_studies)] if stage.val_max_studies else val_items
-            fill_start = time.perf_counter()
-            if is_main_process():
-                cache.fill(
-                    items,
-                    network.encoder,
-                    self._load_transform(),
-                    batch_size=max(1, stage.batch_size),
-                    device=self.device,
-                )
-            self._barrier()
-            fill_seconds = time.perf_counter() - fill_start
+        fill_seconds = self._fill_feature_cache(stage, cache) if cache is not None else 0.0
         train_ds = self._dataset(self.train_split, stage, cache, train=True)
         train_loader, sampler = self._loader(
             train_ds, stage.batch_size, train=True, group_by_length=bool(stage.group_by_length)
@@ -545,19 +641,8 @@ class ReportTrainingWorkflow:
             t_total=max(1, total_iterations),
             end_lr=float(stage.end_lr),
         )
-
-        train_net: torch.nn.Module = network
-        if sharded is not None:
-            train_net = sharded.module
-        elif self.distributed:
-            train_net = torch.nn.parallel.DistributedDataParallel(
-                network,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.find_unused_parameters,
-            )
-
         trainer = create_stage_trainer(
-            network=train_net,
+            network=self._training_network(network, sharded),
             optimizer=optimizer,
             data_loader=train_loader,
             max_epochs=max_epochs,
@@ -576,8 +661,6 @@ class ReportTrainingWorkflow:
             if stage.validate and not stage.val_epoch_level:  # epoch-level validation: the epoch's gather
                 every = math.gcd(every, int(stage.val_interval))
             sharded.attach(trainer, every=every)
-        # resume first (Events.STARTED handlers run in attach order)
-        saver_state: _SaverState | None = None
         save_dict: dict[str, Any] = {
             "trainable": state,
             "optimizer": sharded.optimizer_state(optimizer) if sharded is not None else optimizer,
@@ -585,61 +668,16 @@ class ReportTrainingWorkflow:
             "trainer": trainer,
             "rng": RNGState(),
         }
-
         writer = None
         if self.tensorboard and is_main_process():
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(stage_dir / "tensorboard"))
-        evaluator = None
-        best_saver = None
-        # a text-only stage has no images to write reports for; an encoder warm-up has not trained the LLM yet
-        if stage.validate and not stage.text_only and not self._preset(stage).findings_only:
-            val_ds = self._dataset(self.val_split, stage, cache, train=False)
-            val_loader, _ = self._loader(val_ds, int(stage.val_batch_size or stage.batch_size), train=False)
-            evaluator = create_report_evaluator(
-                network=network,
-                data_loader=val_loader,
-                device=self.device,
-                selection=stage.selection,
-                generation=stage.generation,
-                report_dir=stage_dir / "reports",
-                report_prefix=stage.name,
-                trainer=trainer,
-                amp=self.amp,
-                amp_kwargs=self.amp_kwargs,
-            )
-            StatsHandler(
-                iteration_log=False,
-                output_transform=lambda x: None,
-                name=None,
-                global_epoch_transform=lambda _: trainer.state.iteration,
-            ).attach(evaluator)
-            # savers are built on every rank (ignite synchronises ranks when they are built); only rank 0 writes
-            best_saver = CheckpointSaver(
-                save_dir=str(ckpt_dir),
-                save_dict={"trainable": state},
-                save_key_metric=True,
-                key_metric_filename="best.pt",
-                key_metric_n_saved=1,
-            )
-            best_saver.attach(evaluator)
-            saver_state = _SaverState(best_saver, evaluator)
+        evaluator, saver_state = self._validation(stage, trainer, state, cache, writer)
+        if saver_state is not None:
             save_dict["best"] = saver_state
-            if stage.early_stop_patience:
-                EarlyStopHandler(
-                    patience=int(stage.early_stop_patience),
-                    score_function=lambda e: e.state.metrics[stage.selection],
-                    trainer=trainer,
-                ).attach(evaluator)
-            if writer is not None:
-                TensorBoardStatsHandler(
-                    summary_writer=writer,
-                    iteration_log=False,
-                    output_transform=lambda x: None,
-                    global_epoch_transform=lambda _: trainer.state.iteration,
-                ).attach(evaluator)
 
+        # resume first (Events.STARTED handlers run in attach order)
         last = latest_checkpoint(ckpt_dir) if self.resume else None
         if last is not None:
             logger.info("stage %s: resuming from %s", stage.name, last)
@@ -651,30 +689,12 @@ class ReportTrainingWorkflow:
 
         LrScheduleHandler(scheduler, print_lr=False, epoch_level=False).attach(trainer)
         GradientClipHandler(float(stage.grad_clip or 0.0)).attach(trainer)
-        progress = attach_progress(trainer, stage.name, total=total_iterations, mode=self.progress)
-        if progress is None:  # "off" (or rank > 0): a log line every fifth of an epoch
-            log_every = max(1, epoch_length // 5)
-            StatsHandler(
-                tag_name="train_loss",
-                output_transform=_loss_value,
-                name=None,
-                iteration_log=lambda _, i: i % log_every == 0,
-            ).attach(trainer)
-        if writer is not None:
-            TensorBoardStatsHandler(
-                summary_writer=writer, tag_name="train_loss", output_transform=_loss_value, epoch_log=False
-            ).attach(trainer)
+        progress = self._attach_logging(trainer, stage, epoch_length, total_iterations, writer)
         if evaluator is not None:
             ValidationHandler(
                 validator=evaluator, interval=int(stage.val_interval), epoch_level=bool(stage.val_epoch_level)
             ).attach(trainer)
-        tracker = self._mlflow()
-        if tracker is not None:
-            tracker.attach(trainer, evaluator, stage=stage.name, stage_params=dict(stage), params={
-                "seed": self.seed, "image_size": self.image_size, "max_views": self.max_views,
-                "max_length": self.max_length, "report_style": self.report_style, "target": self.target,
-                "dataset_dir": str(self.dataset_dir),
-                "network": unwrap_model(self.network).config.to_dict()})  # fmt: skip
+        self._attach_tracking(trainer, evaluator, stage)
         ResumeCheckpointSaver(
             save_dir=str(ckpt_dir),
             save_dict=save_dict,
@@ -703,23 +723,7 @@ class ReportTrainingWorkflow:
             if progress is not None:
                 progress.close()
         self._barrier()  # rank 0 has written the stage's files
-        elapsed = time.perf_counter() - start
-        result: dict[str, Any] = {
-            "iterations": int(trainer.state.iteration),
-            "epochs": int(trainer.state.epoch),
-            "seconds": round(elapsed, 2),
-            "complete": completion.completed,
-        }
-        if evaluator is not None:
-            result["best_metric"] = float(evaluator.state.best_metric)
-            result["last_scores"] = {k: v for k, v in evaluator.state.metrics.items() if isinstance(v, float)}
-        if cache is not None:
-            result["feature_cache"] = {
-                "hits": cache.hits,
-                "misses": cache.misses,
-                "dir": str(cache.directory),
-                "fill_seconds": round(fill_seconds, 2),
-            }
+        result = _stage_result(trainer, completion, evaluator, cache, time.perf_counter() - start, fill_seconds)
         self.history[stage.name] = result
         logger.info("stage %s finished: %s", stage.name, json.dumps(result, default=str))
         return result
@@ -833,3 +837,26 @@ class ReportTrainingWorkflow:
             self._tracker = MLflowTracker(self.tracking_uri, experiment_name=self.experiment_name,
                                           run_name=self.run_name)  # fmt: skip
         return self._tracker
+
+
+def _stage_result(
+    trainer: Any, completion: StageCompletion, evaluator: Any, cache: Any, seconds: float, fill_seconds: float
+) -> dict[str, Any]:
+    """What a stage's run records: iterations, epochs, time, completion, validation scores and cache use."""
+    result: dict[str, Any] = {
+        "iterations": int(trainer.state.iteration),
+        "epochs": int(trainer.state.epoch),
+        "seconds": round(seconds, 2),
+        "complete": completion.completed,
+    }
+    if evaluator is not None:
+        result["best_metric"] = float(evaluator.state.best_metric)
+        result["last_scores"] = {k: v for k, v in evaluator.state.metrics.items() if isinstance(v, float)}
+    if cache is not None:
+        result["feature_cache"] = {
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "dir": str(cache.directory),
+            "fill_seconds": round(fill_seconds, 2),
+        }
+    return result

@@ -17,6 +17,7 @@ import torch
 
 from monai_r2gen.data.reports import DEFAULT_PROMPT, IMAGE_TOKEN
 from monai_r2gen.errors import ModelConfigError
+from monai_r2gen.flags import as_flag
 from monai_r2gen.networks.encoders import ENCODER_KINDS
 from monai_r2gen.networks.projectors import FUSION_MODES, PROJECTOR_KINDS
 
@@ -212,6 +213,9 @@ class GeneratorConfig:
     attribute_word_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # `--network_config#finding_prompts false` arrives as 'false'
+            if item.type == "bool":
+                setattr(self, item.name, as_flag(getattr(self, item.name), item.name))
         checks = [
             (self.encoder in ENCODER_KINDS, f"encoder must be one of {ENCODER_KINDS}, got {self.encoder!r}"),
             (self.encoder_feature in ("tokens", "pooled"), "encoder_feature must be 'tokens' or 'pooled'"),
