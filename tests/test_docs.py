@@ -117,7 +117,7 @@ def _config_node(config: object, path: list[str]) -> object:
 
 
 def _check_override(config: dict, key: str, tokens: list[str]) -> None:
-    from monai_r2gen.engines.workflows import DEFAULT_STAGE_SETTINGS
+    from monai_r2gen.engines.stage_settings import DEFAULT_STAGE_SETTINGS
     from monai_r2gen.networks.generator_config import GeneratorConfig
 
     parts = key.split("#")

@@ -55,7 +55,7 @@ def test_variants_follow_the_bundle_recipe():
         train["network_config"]["num_queries"],
     )
     for stage in variant_stages("full"):
-        bundle = train[stage["name"]]
+        bundle = {**train["stage_defaults"], **train[stage["name"]]}  # what the workflow merges
         assert stage["max_iterations"] == bundle["max_iterations"] and stage["batch_size"] == bundle["batch_size"]
         for key in ("lr", "warmup_steps", "end_lr", "teacher_forcing"):
             assert stage.get(key, 0.0) == pytest.approx(bundle.get(key, 0.0)), (stage["name"], key)
