@@ -614,77 +614,118 @@ class RadiologyReportGenerator(nn.Module):
         if heads and visual_tokens is None and images is not None:  # encode once, for the prompts and the heads
             visual_tokens, images = self.encode_views(images, view_mask), None
         aux = aux and visual_tokens is not None  # text-only batches have no findings to predict
-        prompts, alignment = None, None
         if text_only:
-            embeds, text_mask = self.prepare_inputs_embeds(input_ids, attention_mask)
-            labels_known = self.finding_prompts is not None and finding_labels is not None
-            if labels_known or known_slots is not None:
-                embeds, text_mask = self._label_prompts(
-                    input_ids, embeds, text_mask, attention_mask, finding_labels if labels_known else None, known_slots
-                )
-            attention_mask = text_mask
+            embeds, attention_mask = self._text_only_embeddings(input_ids, attention_mask, finding_labels, known_slots)
+            prompts, alignment = None, None
         else:
-            forced, forced_slots = None, None
-            forcing = aux and self.finding_prompts is not None
-            if teacher_forcing > 0 and visual_tokens is not None and (forcing or known_slots is not None):
-                pick = None  # every study
-                if teacher_forcing < 1:
-                    pick = torch.rand(visual_tokens.shape[0], device=visual_tokens.device) < teacher_forcing
-                if aux and self.finding_prompts is not None:
-                    forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, teacher_forcing, pick)
-                if known_slots is not None:
-                    forced_slots = self._forced_slot_values(visual_tokens, view_mask, known_slots, pick)
-            forced_stats = None
-            if teacher_forcing > 0 and self.attribute_features is not None and attribute_presence is not None:
-                forced_stats = self._forced_feature_statistics(
-                    attribute_presence, attribute_boxes, attribute_box_views, view_mask, teacher_forcing
-                )
-            if images is not None or visual_tokens is not None:
-                prompts = self.encode_images(images, view_mask, visual_tokens, forced, forced_slots, forced_stats)
-            shown, alignment = prompts, None
-            if prompts is not None and self.attribute_prompts is not None and attribute_presence is not None:
-                shown, alignment = self._target_prompts(prompts, attribute_presence, attribute_fields, teacher_forcing)
-            embeds, attention_mask = self.prepare_inputs_embeds(input_ids, attention_mask, prompts=shown)
-        if pack_sequences:  # no attention mask: transformers masks each packed study from its position ids
-            plan = plan_packing(attention_mask)
-            embeds, attention_mask, position_ids = pack(embeds, plan), None, plan.position_ids
-            labels = None if labels is None else pack(labels, plan, IGNORE_INDEX)
-            kwargs.setdefault("use_cache", False)
-        else:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-        output = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            return_dict=True,
-            **kwargs,
-        )
+            embeds, attention_mask, prompts, alignment = self._prompted_embeddings(
+                images, input_ids, attention_mask, view_mask, visual_tokens, finding_labels if aux else None,
+                known_slots, teacher_forcing, attribute_presence, attribute_fields, attribute_boxes,
+                attribute_box_views,
+            )  # fmt: skip
+        output, labels = self._run_llm(embeds, attention_mask, labels, pack_sequences, **kwargs)
         if aux:
             finding_loss, logits = self._finding_loss(visual_tokens, view_mask, finding_labels)
             lm_loss = output.loss
-            aux_loss = self.config.finding_loss_weight * finding_loss
-            output["loss"] = aux_loss if lm_loss is None else lm_loss + aux_loss.to(lm_loss.dtype)
             output["lm_loss"] = lm_loss
             output["finding_loss"] = finding_loss
             output["finding_logits"] = logits
-        features = None
+            _add_loss(output, self.config.finding_loss_weight * finding_loss)
         if attribute_targets is not None:
             features = self._attribute_head_input(visual_tokens, view_mask, None if prompts is None else prompts[0])
-        if attribute_targets is not None and features is not None:
-            attribute_loss = self._attribute_loss(features, attribute_targets)
-            output["attribute_loss"] = attribute_loss
-            weighted = self.config.attribute_loss_weight * attribute_loss
-            output["loss"] = weighted if output.loss is None else output.loss + weighted.to(output.loss.dtype)
+            if features is not None:
+                output["attribute_loss"] = self._attribute_loss(features, attribute_targets)
+                _add_loss(output, self.config.attribute_loss_weight * output["attribute_loss"])
         if self._attribute_word_ids is not None and labels is not None and output.loss is not None:
-            word_loss = attribute_word_loss(output.logits, labels, self._attribute_word_ids)
-            output["attribute_word_loss"] = word_loss
-            output["loss"] = output.loss + self.config.attribute_word_weight * word_loss.to(output.loss.dtype)
+            output["attribute_word_loss"] = attribute_word_loss(output.logits, labels, self._attribute_word_ids)
+            _add_loss(output, self.config.attribute_word_weight * output["attribute_word_loss"])
         if alignment is not None and alignment.requires_grad:
             output["alignment_loss"] = alignment
-            weighted = self.config.attribute_prompt_weight * alignment
-            output["loss"] = weighted if output.loss is None else output.loss + weighted.to(output.loss.dtype)
+            _add_loss(output, self.config.attribute_prompt_weight * alignment)
         return output
+
+    def _text_only_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        finding_labels: torch.Tensor | None,
+        known_slots: SlotValues | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of a text-only batch: the image positions hidden, the finding and slot prompts (when the
+        model has them) filled from the studies' known labels and attributes."""
+        embeds, text_mask = self.prepare_inputs_embeds(input_ids, attention_mask)
+        labels_known = self.finding_prompts is not None and finding_labels is not None
+        if labels_known or known_slots is not None:
+            embeds, text_mask = self._label_prompts(
+                input_ids, embeds, text_mask, attention_mask, finding_labels if labels_known else None, known_slots
+            )
+        return embeds, text_mask
+
+    def _prompted_embeddings(
+        self,
+        images: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        view_mask: torch.Tensor | None,
+        visual_tokens: torch.Tensor | None,
+        finding_labels: torch.Tensor | None,
+        known_slots: SlotValues | None,
+        teacher_forcing: float,
+        attribute_presence: torch.Tensor | None,
+        attribute_fields: torch.Tensor | None,
+        attribute_boxes: torch.Tensor | None,
+        attribute_box_views: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None]:
+        """Embeddings with the visual prompts written over the image positions (the studies' known labels and
+        attributes forced into the finding, slot and feature prompts for a ``teacher_forcing`` share of them);
+        returns the embeddings, their mask, the prompts and the attribute prompts' alignment loss."""
+        forced, forced_slots = None, None
+        forcing = finding_labels is not None and self.finding_prompts is not None
+        if teacher_forcing > 0 and visual_tokens is not None and (forcing or known_slots is not None):
+            pick = None  # every study
+            if teacher_forcing < 1:
+                pick = torch.rand(visual_tokens.shape[0], device=visual_tokens.device) < teacher_forcing
+            if forcing:
+                forced = self._forced_probabilities(visual_tokens, view_mask, finding_labels, teacher_forcing, pick)
+            if known_slots is not None:
+                forced_slots = self._forced_slot_values(visual_tokens, view_mask, known_slots, pick)
+        forced_stats = None
+        if teacher_forcing > 0 and self.attribute_features is not None and attribute_presence is not None:
+            forced_stats = self._forced_feature_statistics(
+                attribute_presence, attribute_boxes, attribute_box_views, view_mask, teacher_forcing
+            )
+        prompts = None
+        if images is not None or visual_tokens is not None:
+            prompts = self.encode_images(images, view_mask, visual_tokens, forced, forced_slots, forced_stats)
+        shown, alignment = prompts, None
+        if prompts is not None and self.attribute_prompts is not None and attribute_presence is not None:
+            shown, alignment = self._target_prompts(prompts, attribute_presence, attribute_fields, teacher_forcing)
+        embeds, mask = self.prepare_inputs_embeds(input_ids, attention_mask, prompts=shown)
+        return embeds, mask, prompts, alignment
+
+    def _run_llm(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+        pack_sequences: bool,
+        **kwargs: Any,
+    ) -> tuple[Any, torch.Tensor | None]:
+        """The LLM's output on the embeddings (packed into fewer rows with ``pack_sequences``) and the labels in the
+        layout of its logits."""
+        if pack_sequences:  # no attention mask: transformers masks each packed study from its position ids
+            plan = plan_packing(attention_mask)
+            embeds, mask, position_ids = pack(embeds, plan), None, plan.position_ids
+            labels = None if labels is None else pack(labels, plan, IGNORE_INDEX)
+            kwargs.setdefault("use_cache", False)
+        else:
+            mask = attention_mask
+            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        output = self.llm(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, labels=labels, return_dict=True,
+            **kwargs,
+        )  # fmt: skip
+        return output, labels
 
     def _target_prompts(
         self,
@@ -1007,3 +1048,8 @@ def _autocast_enabled(device: torch.device) -> bool:
         return torch.is_autocast_enabled(device.type)
     except RuntimeError:
         return False
+
+
+def _add_loss(output: Any, term: torch.Tensor) -> None:
+    """Add an auxiliary loss ``term`` to ``output.loss`` (or make it the loss when the LLM computed none)."""
+    output["loss"] = term if output.loss is None else output.loss + term.to(output.loss.dtype)
