@@ -38,14 +38,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.handlers import (
+    CheckpointLoader,
+    CheckpointSaver,
+    EarlyStopHandler,
+    LrScheduleHandler,
+    StatsHandler,
+    TensorBoardStatsHandler,
+    ValidationHandler,
+)
+from monai.optimizers import WarmupCosineSchedule
 from monai.transforms import CopyItemsd, DeleteItemsd
 from monai.utils import IgniteInfo, min_version, optional_import
 from monai.utils import set_determinism as set_seed  # seeds python, numpy and torch (a public name of this module)
 from torch.utils.data import DataLoader
 
+from monai_r2gen.data.datasets import ReportCollate, ReportDataset, read_manifest
+from monai_r2gen.data.finding_attributes import FindingAttributeTargetsd
+from monai_r2gen.data.finding_boxes import FindingBoxesd
+from monai_r2gen.data.reports import DEFAULT_PROMPT, IMAGE_TOKEN, ReportFindingLabelsd, TokenizeReportd
+from monai_r2gen.data.synthetic import generate_dataset
+from monai_r2gen.data.transforms import LoadStudyViewsd, RandRadiographAugmentd
 from monai_r2gen.engines.batches import GenerateInferer, LossFromOutput, ReportBatchPreparer, _loss_value
 from monai_r2gen.engines.engine_factories import create_report_evaluator, create_stage_trainer
 from monai_r2gen.engines.evaluation_workflow import ReportEvaluationWorkflow, _findings_file, _is_phantom_findings
+from monai_r2gen.engines.feature_cache import CachedTokensd, FeatureCache, encoder_fingerprint
 from monai_r2gen.engines.handlers import (
     GradientClipHandler,
     StageCompletion,
@@ -65,8 +82,12 @@ from monai_r2gen.engines.resume import (
 from monai_r2gen.engines.sharding import ShardedStage
 from monai_r2gen.engines.stage_hooks import _FinalValidation, _Handover
 from monai_r2gen.engines.stage_settings import DEFAULT_STAGES, StageSettings
+from monai_r2gen.engines.stages import apply_stage, get_stage
 from monai_r2gen.files import atomic_write_text
 from monai_r2gen.flags import as_flag
+from monai_r2gen.inference import model_fingerprint
+from monai_r2gen.metrics.attributes import load_findings
+from monai_r2gen.networks.factory import build_generator, embedded_default_config
 from monai_r2gen.networks.model_card import write_model_card
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -254,16 +275,12 @@ class ReportTrainingWorkflow:
             if self.dataset_dir.exists() and any(self.dataset_dir.iterdir()):
                 logger.info("%s is not empty: not generating the synthetic data set", self.dataset_dir)
             else:
-                from monai_r2gen.data.synthetic import generate_dataset
-
                 logger.info("generating the synthetic data set in %s", self.dataset_dir)
                 generate_dataset(str(self.dataset_dir), **self.synthetic)
         self._barrier()
 
     def _train_reports(self) -> list[str]:
         """The training split's reports after section selection and cleaning (tokenizer corpus)."""
-        from monai_r2gen.data.datasets import ReportDataset
-
         dataset = ReportDataset(
             self._manifest_items(self.train_split),
             image_root=str(self.dataset_dir),
@@ -281,8 +298,6 @@ class ReportTrainingWorkflow:
         built from scratch gets a tokenizer trained on the training reports.
         """
         if self.network is None:
-            from monai_r2gen.networks.factory import build_generator, embedded_default_config
-
             config = embedded_default_config(**dict(self._network_spec))  # type: ignore[arg-type]
             corpus = None if (config.tokenizer_path or config.llm_path) else self._train_reports()
             self.network = build_generator(config, corpus=corpus)
@@ -305,12 +320,8 @@ class ReportTrainingWorkflow:
 
     def _manifest_items(self, split: str) -> list[dict[str, Any]]:
         if split not in self._items:
-            from monai_r2gen.data.datasets import read_manifest
-
             items = read_manifest(self.annotation_file, split=split, image_root=str(self.dataset_dir))
             if self.findings_file is not None:
-                from monai_r2gen.metrics.attributes import load_findings
-
                 findings = load_findings(self.findings_file)
                 items = [{**item, "findings": findings[str(item["id"])]} if str(item["id"]) in findings else item
                          for item in items]  # fmt: skip
@@ -318,13 +329,9 @@ class ReportTrainingWorkflow:
         return self._items[split]
 
     def _load_transform(self) -> Any:
-        from monai_r2gen.data.transforms import LoadStudyViewsd
-
         return LoadStudyViewsd(keys="image", spatial_size=self.image_size, max_views=self.max_views)
 
     def _tokenize_transform(self) -> Any:
-        from monai_r2gen.data.reports import DEFAULT_PROMPT, IMAGE_TOKEN, TokenizeReportd
-
         network = unwrap_model(self.network)
         return TokenizeReportd(
             keys="report",
@@ -337,8 +344,6 @@ class ReportTrainingWorkflow:
 
     @staticmethod
     def _preset(stage: StageSettings) -> Any:
-        from monai_r2gen.engines.stages import get_stage
-
         return get_stage(stage.preset or stage.name)
 
     def _trains_encoder(self, stage: StageSettings) -> bool:
@@ -347,8 +352,6 @@ class ReportTrainingWorkflow:
         return mode not in (False, "frozen")
 
     def _dataset(self, split: str, stage: StageSettings, cache: Any | None, train: bool) -> Any:
-        from monai_r2gen.data.datasets import ReportDataset
-
         network = unwrap_model(self.network)
         head = getattr(network, "finding_head", None) is not None
         attribute_head = getattr(network, "attribute_head", None)
@@ -364,8 +367,6 @@ class ReportTrainingWorkflow:
         if not with_images:
             transforms = [DeleteItemsd(keys="image"), self._tokenize_transform()]
         elif cache is not None:
-            from monai_r2gen.engines.feature_cache import CachedTokensd
-
             transforms = [
                 CopyItemsd(keys="image", names="image_tokens"),
                 CachedTokensd("image_tokens", cache, encoder=network.encoder, load_transform=self._load_transform()),
@@ -375,21 +376,13 @@ class ReportTrainingWorkflow:
         else:
             transforms = [self._load_transform()]
             if train and stage.augment:
-                from monai_r2gen.data.transforms import RandRadiographAugmentd
-
                 transforms.append(RandRadiographAugmentd(keys="image"))
             transforms.append(self._tokenize_transform())
         if with_labels:
-            from monai_r2gen.data.reports import ReportFindingLabelsd
-
             transforms.append(ReportFindingLabelsd(keys="report"))  # the report is cleaned by ReportDataset
         if with_attributes:
-            from monai_r2gen.data.finding_attributes import FindingAttributeTargetsd
-
             transforms.append(FindingAttributeTargetsd(keys="findings", report_key="report"))
             if with_images and getattr(network.config, "attribute_box_weight", 0) > 0:
-                from monai_r2gen.data.finding_boxes import FindingBoxesd
-
                 transforms.append(FindingBoxesd(keys="findings", max_views=self.max_views))
         items = self._manifest_items(split)
         if not train and stage.val_max_studies:
@@ -407,8 +400,6 @@ class ReportTrainingWorkflow:
         )
 
     def _collate(self) -> Any:
-        from monai_r2gen.data.datasets import ReportCollate
-
         tokenizer = unwrap_model(self.network).tokenizer
         return ReportCollate(pad_token_id=tokenizer.pad_token_id)
 
@@ -448,7 +439,6 @@ class ReportTrainingWorkflow:
                     "stage %s: feature cache requested but the encoder is trained: cache disabled", stage.name
                 )
             return None
-        from monai_r2gen.engines.feature_cache import FeatureCache, encoder_fingerprint
 
         settings = {"image_size": self.image_size, "max_views": self.max_views, "loader": "LoadStudyViewsd"}
         return FeatureCache(self.feature_cache_dir, encoder_fingerprint(encoder), settings)
@@ -456,8 +446,6 @@ class ReportTrainingWorkflow:
     # stages -------------------------------------------------------------------------------------------------------
     def _apply_stage(self, stage: StageSettings) -> dict[str, Any]:
         """Attach LoRA with the stage's settings when it asks for it, then apply the freeze preset."""
-        from monai_r2gen.engines.stages import apply_stage, get_stage
-
         network = unwrap_model(self.network)
         preset = get_stage(stage.preset or stage.name)
         lora = {k: v for k, v in dict(stage.lora or {}).items() if v is not None}
@@ -522,8 +510,6 @@ class ReportTrainingWorkflow:
     ) -> tuple[Any, _SaverState | None]:
         """The stage's evaluator with its logging, best-checkpoint saver and early stopping (None when the stage
         does not validate), and the saver's state for the resume checkpoint."""
-        from monai.handlers import CheckpointSaver, EarlyStopHandler, StatsHandler, TensorBoardStatsHandler
-
         if not self._validates(stage):
             return None, None
         stage_dir = self.stage_dir(stage)
@@ -575,8 +561,6 @@ class ReportTrainingWorkflow:
         self, trainer: Any, stage: StageSettings, epoch_length: int, total_iterations: int, writer: Any
     ) -> Any:
         """Progress bar or log lines, TensorBoard and MLflow on the trainer; returns the progress display."""
-        from monai.handlers import StatsHandler, TensorBoardStatsHandler
-
         progress = attach_progress(trainer, stage.name, total=total_iterations, mode=self.progress)
         if progress is None:  # "off" (or rank > 0): a log line every fifth of an epoch
             log_every = max(1, epoch_length // 5)
@@ -604,9 +588,6 @@ class ReportTrainingWorkflow:
 
     def run_stage(self, stage: StageSettings) -> dict[str, Any]:
         """Train one stage (resuming from its last checkpoint when one exists) and hand its weights over."""
-        from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
-        from monai.optimizers import WarmupCosineSchedule
-
         network = unwrap_model(self.network)
         stage_dir = self.stage_dir(stage)
         ckpt_dir = stage_dir / "checkpoints"
@@ -796,7 +777,6 @@ class ReportTrainingWorkflow:
         network = unwrap_model(self.network)
         self.model_dir.mkdir(parents=True, exist_ok=True)
         network.save_pretrained(str(self.model_dir))
-        from monai_r2gen.inference import model_fingerprint
 
         summary = {
             "stages": self.history,
