@@ -265,6 +265,18 @@ def test_rand_augment_is_seeded_and_light():
     assert untouched is image
 
 
+def test_rand_augment_without_range_is_the_identity_and_rotates_about_the_centre():
+    image = torch.rand(2, 1, 24, 24)
+    still = RandRadiographAugmentd("image", prob=1.0, rotate_range=0, scale_range=0, contrast_range=(1, 1))
+    torch.testing.assert_close(still.set_random_state(0)({"image": image})["image"], image, atol=1e-5, rtol=0)
+    square = torch.zeros(1, 24, 24)
+    square[0, 8:16, 8:16] = 1.0  # centred: a small rotation keeps its centre of mass where it was
+    turned = RandRadiographAugmentd("image", prob=1.0, rotate_range=10, scale_range=0, contrast_range=(1, 1))
+    out = turned.set_random_state(1)({"image": square})["image"][0]
+    rows, cols = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    centre = (float((out * rows).sum() / out.sum()), float((out * cols).sum() / out.sum()))
+    assert abs(centre[0] - 11.5) < 0.1 and abs(centre[1] - 11.5) < 0.1 and not torch.allclose(out, square[0])
+
 def test_rand_augment_view_stack_and_compose():
     views = torch.zeros(2, 1, 16, 16)
     views[0, 0, 4:12, 4:12] = 1.0  # second view slot is an absent (zero) view
