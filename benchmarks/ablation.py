@@ -3,7 +3,7 @@
     python benchmarks/ablation.py --data data/ablation --out runs/ablation             # the full table (~1 h)
     python benchmarks/ablation.py --data data/ablation --out runs/ablation --variants full,no_stage1 --seeds 0
 
-Variants: full (stage 0 + 1 + 2), no_stage1, no_stage0, frozen_encoder_stage1, shallow, delta, deep (see
+Variants: full (stage 0 + 1 + 2), no_stage1, no_stage0, trained_encoder, shallow, delta, deep (see
 ``monai_r2gen.analysis.ablation``). Each run trains the embedded default: the same encoder warm-up
 (``--warmup-iterations``, 1000), then ``--iterations`` iterations shared by the variant's stages (the bundle's
 200 + 40 + 100 = 340 by default), and is scored on the synthetic test split: CE-14 micro / macro F1, BLEU-4,

@@ -3,10 +3,11 @@
 Variants (stage lists for :class:`~monai_r2gen.engines.workflows.ReportTrainingWorkflow`):
 
 ==========================  ==============================================================================
-``full``                    stage 0 (LM warm-up) -> stage 1 (alignment, encoder trained) -> stage 2 (LoRA)
+``full``                    stage 0 (LM warm-up) -> stage 1 (alignment) -> stage 2 (LoRA), encoder frozen
+                            after its augmented warm-up
 ``no_stage1``               stage 0 -> stage 2 (stage 1's iterations go to stage 2)
 ``no_stage0``               stage 1 -> stage 2 (stage 0's iterations shared in proportion)
-``frozen_encoder_stage1``   as ``full`` but the encoder is frozen in stage 1
+``trained_encoder``         as ``full`` but the encoder is trained (unaugmented) in stages 1 and 2
 ``shallow`` / ``delta`` /   stage 0, then R2GenGPT's preset: LLM frozen; encoder frozen / LoRA / trained in
 ``deep``                    full (the embedded default's LLM starts from random weights, so the R2GenGPT
                             presets get the same stage-0 warm-up as the protocol)
@@ -53,12 +54,13 @@ _LORA = {"r": 16, "alpha": 32, "dropout": 0.0,
          "target_modules": "all-linear"}  # fmt: skip
 #: the embedded default's stage settings (bundle/configs/train.yaml)
 _BASE_STAGES: dict[str, dict[str, Any]] = {
-    "encoder_warmup": {"name": "encoder_warmup", "validate": False, "lr": 3e-3, "warmup_steps": 20, "end_lr": 1e-5},
+    "encoder_warmup": {"name": "encoder_warmup", "validate": False, "augment": True, "lr": 3e-3, "warmup_steps": 20,
+                       "end_lr": 1e-5},
     "stage0": {"name": "stage0", "text_only": True, "train_encoder": False, "validate": False, "lr": 3e-3,
                "warmup_steps": 10, "end_lr": 1e-4},
-    "stage1": {"name": "stage1", "train_encoder": True, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 5,
+    "stage1": {"name": "stage1", "train_encoder": False, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 5,
                "end_lr": 1e-4},
-    "stage2": {"name": "stage2", "train_encoder": True, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 10,
+    "stage2": {"name": "stage2", "train_encoder": False, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 10,
                "end_lr": 1e-4, "lora": _LORA},
 }  # fmt: skip
 _R2GENGPT = {"name": None, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 10, "end_lr": 1e-4}
@@ -68,7 +70,8 @@ ABLATION_VARIANTS: dict[str, list[tuple[str, dict[str, Any], int]]] = {
     "full": [("stage0", {}, 200), ("stage1", {}, 40), ("stage2", {}, 100)],
     "no_stage1": [("stage0", {}, 200), ("stage2", {}, 140)],
     "no_stage0": [("stage1", {}, 40), ("stage2", {}, 100)],
-    "frozen_encoder_stage1": [("stage0", {}, 200), ("stage1", {"train_encoder": False}, 40), ("stage2", {}, 100)],
+    "trained_encoder": [("stage0", {}, 200), ("stage1", {"train_encoder": True}, 40),
+                        ("stage2", {"train_encoder": True}, 100)],
     "shallow": [("stage0", {}, 200), ("shallow", {}, 140)],
     "delta": [("stage0", {}, 200), ("delta", {}, 140)],
     "deep": [("stage0", {}, 200), ("deep", {}, 140)],

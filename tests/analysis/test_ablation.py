@@ -32,8 +32,8 @@ def test_variant_contents():
     assert [s["max_iterations"] for s in full] == [1000, 200, 40, 100]  # bundle/configs/train.yaml
     assert [s["name"] for s in variant_stages("no_stage1", warmup_iterations=0)] == ["stage0", "stage2"]
     assert [s["name"] for s in variant_stages("no_stage0", warmup_iterations=0)] == ["stage1", "stage2"]
-    assert full[1]["train_encoder"] is False and full[2]["train_encoder"] is True  # the CNN rests in stage 0
-    assert variant_stages("frozen_encoder_stage1")[2]["train_encoder"] is False
+    assert [s.get("train_encoder") for s in full[1:]] == [False] * 3  # the CNN rests after its warm-up
+    assert [s["train_encoder"] for s in variant_stages("trained_encoder")[2:]] == [True, True]
     assert variant_stages("delta")[2]["preset"] == "delta"
     with pytest.raises(ValueError):
         variant_stages("nope")
@@ -59,6 +59,8 @@ def test_variants_follow_the_bundle_recipe():
         assert stage["max_iterations"] == bundle["max_iterations"] and stage["batch_size"] == bundle["batch_size"]
         for key in ("lr", "warmup_steps", "end_lr", "teacher_forcing"):
             assert stage.get(key, 0.0) == pytest.approx(bundle.get(key, 0.0)), (stage["name"], key)
+        for key in ("augment", "train_encoder", "text_only"):
+            assert stage.get(key, False) == bundle.get(key, False), (stage["name"], key)
         if "lora" in stage:
             assert {k: stage["lora"][k] for k in ("r", "alpha", "target_modules")} == {
                 k: bundle["lora"][k] for k in ("r", "alpha", "target_modules")
