@@ -81,7 +81,7 @@ from monai_r2gen.engines.resume import (
 )
 from monai_r2gen.engines.sharding import ShardedStage
 from monai_r2gen.engines.stage_hooks import _FinalValidation, _Handover
-from monai_r2gen.engines.stage_settings import DEFAULT_STAGES, StageSettings
+from monai_r2gen.engines.stage_settings import DEFAULT_STAGE_SETTINGS, DEFAULT_STAGES, StageSettings
 from monai_r2gen.engines.stages import apply_stage, get_stage
 from monai_r2gen.files import atomic_write_text
 from monai_r2gen.flags import as_flag
@@ -93,6 +93,7 @@ from monai_r2gen.networks.model_card import write_model_card
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
 __all__ = [
+    "DEFAULT_STAGE_SETTINGS",
     "DEFAULT_STAGES",
     "StageSettings",
     "ResumableSampler",
