@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -110,9 +111,10 @@ def synthetic_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("synthetic_study")
     study_uid, series_uid = generate_uid(), generate_uid()
+    acquired = datetime.datetime(2026, 1, 2, 8, 18, 25)
     for number, (name, view) in enumerate([("a_lateral.dcm", "LL"), ("b_frontal.dcm", "PA")], start=1):
         ds = make_radiograph_dataset(_pixels(96, 80, view == "LL"), view_position=view, study_uid=study_uid,
                                      series_uid=series_uid, instance_number=number, study_id="SYN1",
-                                     window=(2048.0, 4096.0))  # fmt: skip
+                                     study_datetime=acquired, window=(2048.0, 4096.0))  # fmt: skip
         write_dataset(ds, folder / name)
     return folder

@@ -102,6 +102,7 @@ def make_radiograph_dataset(
     patient_name: str = "Anonymous",
     study_id: str = "",
     instance_number: int = 1,
+    study_datetime: datetime.datetime | None = None,
     extra: dict | None = None,
 ) -> Dataset:
     """Build a single-frame grayscale DX/CR image dataset with file meta (explicit VR little endian).
@@ -124,6 +125,9 @@ def make_radiograph_dataset(
         patient_name: PatientName.
         study_id: StudyID.
         instance_number: InstanceNumber.
+        study_datetime: the StudyDate / StudyTime (also written as the series and content date and time); the current
+            time when None. Pass one value for every view of a study: views built a second apart would otherwise
+            disagree on their study's time.
         extra: further attributes by DICOM keyword (e.g. ``{"StudyDescription": "CHEST PA"}``), set last; an unknown
             keyword raises ``ValueError``.
 
@@ -154,7 +158,7 @@ def make_radiograph_dataset(
     modality = modality.upper()
     sop_class = SOP_CLASS_UIDS.get(modality, SOP_CLASS_UIDS["OT"])
     sop_uid = sop_uid or generate_uid()
-    now = datetime.datetime.now()
+    now = study_datetime if study_datetime is not None else datetime.datetime.now()
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 import numpy as np
@@ -82,6 +83,16 @@ def test_make_dataset_defaults_and_cr_8bit():
     assert a.PhotometricInterpretation == "MONOCHROME1"
     assert len({a.SOPInstanceUID, b.SOPInstanceUID, a.StudyInstanceUID, b.StudyInstanceUID}) == 4  # generated UIDs
     assert "WindowCenter" not in a and "PixelSpacing" not in a
+
+
+def test_study_datetime_is_shared_by_the_views_of_a_study():
+    when = datetime.datetime(2025, 3, 4, 23, 59, 59)
+    pixels = np.zeros((4, 5), np.uint16)
+    views = [make_radiograph_dataset(pixels, study_datetime=when, view_position=v) for v in ("PA", "LL")]
+    for ds in views:
+        assert (ds.StudyDate, ds.SeriesDate, ds.ContentDate) == ("20250304",) * 3
+        assert (ds.StudyTime, ds.SeriesTime, ds.ContentTime) == ("235959",) * 3
+    assert make_radiograph_dataset(np.zeros((4, 5), np.uint16)).StudyDate != "20250304"  # now, when not given
 
 
 @pytest.mark.parametrize(
