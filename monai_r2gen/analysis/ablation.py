@@ -39,6 +39,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_r2gen.engines.stage_settings import DEFAULT_STAGE_DEFAULTS, DEFAULT_STAGES
+
 __all__ = [
     "ABLATION_VARIANTS",
     "ABLATION_METRICS",
@@ -50,28 +52,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_LORA = {"r": 16, "alpha": 32, "dropout": 0.0,
-         "target_modules": "all-linear"}  # fmt: skip
-#: the embedded default's stage settings (bundle/configs/train.yaml)
-_BASE_STAGES: dict[str, dict[str, Any]] = {
-    "encoder_warmup": {"name": "encoder_warmup", "validate": False, "augment": True, "lr": 3e-3, "warmup_steps": 20,
-                       "end_lr": 1e-5},
-    "stage0": {"name": "stage0", "text_only": True, "train_encoder": False, "validate": False, "lr": 3e-3,
-               "warmup_steps": 10, "end_lr": 1e-4},
-    "stage1": {"name": "stage1", "train_encoder": False, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 5,
-               "end_lr": 1e-4},
-    "stage2": {"name": "stage2", "train_encoder": False, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 10,
-               "end_lr": 1e-4, "lora": _LORA},
-}  # fmt: skip
-_R2GENGPT = {"name": None, "teacher_forcing": 1.0, "lr": 3e-3, "warmup_steps": 10, "end_lr": 1e-4}
+#: the embedded default's stages (bundle/configs/train.yaml), each with the settings the recipe's stages share
+_BASE_STAGES: dict[str, dict[str, Any]] = {s["name"]: {**DEFAULT_STAGE_DEFAULTS, **s} for s in DEFAULT_STAGES}
+#: R2GenGPT's one-stage settings (shallow, delta, deep) on the recipe's shared ones
+_R2GENGPT = {**DEFAULT_STAGE_DEFAULTS, "name": None, "teacher_forcing": 1.0, "warmup_steps": 10}
 
 #: variant name -> (stage, overrides, budget weight) triples
 ABLATION_VARIANTS: dict[str, list[tuple[str, dict[str, Any], int]]] = {
     "full": [("stage0", {}, 200), ("stage1", {}, 40), ("stage2", {}, 100)],
     "no_stage1": [("stage0", {}, 200), ("stage2", {}, 140)],
     "no_stage0": [("stage1", {}, 40), ("stage2", {}, 100)],
-    "trained_encoder": [("stage0", {}, 200), ("stage1", {"train_encoder": True}, 40),
-                        ("stage2", {"train_encoder": True}, 100)],
+    "trained_encoder": [
+        ("stage0", {}, 200),
+        ("stage1", {"train_encoder": True}, 40),
+        ("stage2", {"train_encoder": True}, 100),
+    ],
     "shallow": [("stage0", {}, 200), ("shallow", {}, 140)],
     "delta": [("stage0", {}, 200), ("delta", {}, 140)],
     "deep": [("stage0", {}, 200), ("deep", {}, 140)],

@@ -14,6 +14,7 @@ _EXPORTS = {
     "STAGES": "monai_r2gen.engines.stages",
     "StagePreset": "monai_r2gen.engines.stages",
     "DEFAULT_STAGES": "monai_r2gen.engines.stage_settings",
+    "DEFAULT_STAGE_DEFAULTS": "monai_r2gen.engines.stage_settings",
     "DEFAULT_STAGE_SETTINGS": "monai_r2gen.engines.stage_settings",
     "StageSettings": "monai_r2gen.engines.stage_settings",
     "ReportTrainingWorkflow": "monai_r2gen.engines.workflows",

@@ -50,12 +50,20 @@ DEFAULT_STAGE_SETTINGS: dict[str, Any] = {
 }
 
 
-#: the default stage list (stage lengths are epochs or iterations, never wall-clock time)
+#: what every stage of the default recipe shares (the bundle's ``stage_defaults`` in ``configs/train.yaml``)
+DEFAULT_STAGE_DEFAULTS: dict[str, Any] = {"batch_size": 32, "lr": 3e-3, "end_lr": 1e-4, "pack_sequences": True}
+
+#: the default recipe, each stage stating what differs from :data:`DEFAULT_STAGE_DEFAULTS`: the stages of the bundle's
+#: ``configs/train.yaml`` (a test keeps the two equal). Lengths are iterations, never wall-clock time.
 DEFAULT_STAGES: list[dict[str, Any]] = [
-    {"name": "stage0", "text_only": True, "validate": False, "lr": 1e-3},
-    {"name": "stage1", "lr": 1e-3},
-    {"name": "stage2", "lr": 5e-4, "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-]
+    {"name": "encoder_warmup", "augment": True, "max_iterations": 1000, "warmup_steps": 20, "end_lr": 1e-5},
+    {"name": "stage0", "text_only": True, "train_encoder": False, "max_iterations": 200, "warmup_steps": 10},
+    {"name": "stage1", "train_encoder": False, "teacher_forcing": 1.0, "max_iterations": 40, "warmup_steps": 5,
+     "validate": False},
+    {"name": "stage2", "train_encoder": False, "teacher_forcing": 1.0, "max_iterations": 100, "warmup_steps": 10,
+     "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+     "val_interval": 100, "val_epoch_level": False, "val_max_studies": 64, "selection": "CE-14 micro-F1"},
+]  # fmt: skip
 
 
 # settings that are on / off, and the modes some of them also take (engines/stages.py, feature_cache.py)

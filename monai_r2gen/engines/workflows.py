@@ -81,7 +81,12 @@ from monai_r2gen.engines.resume import (
 )
 from monai_r2gen.engines.sharding import ShardedStage
 from monai_r2gen.engines.stage_hooks import _FinalValidation, _Handover
-from monai_r2gen.engines.stage_settings import DEFAULT_STAGE_SETTINGS, DEFAULT_STAGES, StageSettings
+from monai_r2gen.engines.stage_settings import (
+    DEFAULT_STAGE_DEFAULTS,
+    DEFAULT_STAGE_SETTINGS,
+    DEFAULT_STAGES,
+    StageSettings,
+)
 from monai_r2gen.engines.stages import apply_stage, get_stage
 from monai_r2gen.files import atomic_write_text
 from monai_r2gen.flags import as_flag
@@ -94,6 +99,7 @@ Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_
 
 __all__ = [
     "DEFAULT_STAGE_SETTINGS",
+    "DEFAULT_STAGE_DEFAULTS",
     "DEFAULT_STAGES",
     "StageSettings",
     "ResumableSampler",
@@ -124,7 +130,8 @@ class ReportTrainingWorkflow:
         annotation_file: manifest (annotation.json / JSONL / CSV); default ``<dataset_dir>/annotation.json``.
         output_dir: run directory (checkpoints, reports, logs, feature cache).
         model_dir: where the final model is saved (``save_pretrained``); default ``<output_dir>/model``.
-        stages: list of stage settings (see :data:`DEFAULT_STAGE_SETTINGS`); default :data:`DEFAULT_STAGES`.
+        stages: list of stage settings (see :data:`DEFAULT_STAGE_SETTINGS`); default :data:`DEFAULT_STAGES`, the
+            bundle's recipe (then with :data:`DEFAULT_STAGE_DEFAULTS` under ``stage_defaults``).
         stage_defaults: settings every stage takes unless it sets them itself (the bundle's shared stage block).
         image_size: side of the square the views are resized and padded to (default: the model config's).
         max_views: views per study (default: the model config's).
@@ -208,7 +215,7 @@ class ReportTrainingWorkflow:
         self._findings_file = Path(findings_file) if findings_file else None
         self.output_dir = Path(output_dir)
         self.model_dir = Path(model_dir) if model_dir else self.output_dir / "model"
-        shared = dict(stage_defaults or {})
+        shared = {**(DEFAULT_STAGE_DEFAULTS if stages is None else {}), **(stage_defaults or {})}
         self.stages = [StageSettings(shared, **s) for s in (stages if stages is not None else DEFAULT_STAGES)]
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):

@@ -96,6 +96,25 @@ def test_configs_define_their_run_ids() -> None:
     assert (BUNDLE / "LICENSE").read_text().lstrip().startswith("Apache License")
 
 
+def test_default_stages_are_the_bundle_recipe(tmp_path: Path) -> None:
+    """The Python API's default recipe (``DEFAULT_STAGES`` over ``DEFAULT_STAGE_DEFAULTS``) is train.yaml's."""
+    from monai.bundle import ConfigParser
+
+    from monai_r2gen.engines.stage_settings import DEFAULT_STAGE_DEFAULTS, DEFAULT_STAGES
+    from monai_r2gen.engines.workflows import ReportTrainingWorkflow
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    assert parser.get_parsed_content("stage_defaults") == DEFAULT_STAGE_DEFAULTS
+    names = ["encoder_warmup", "stage0", "stage1", "stage2"]
+    assert [parser.get_parsed_content(name) for name in names] == DEFAULT_STAGES
+    workflow = ReportTrainingWorkflow({}, dataset_dir=tmp_path / "data", output_dir=tmp_path / "run")
+    assert [(s.name, s.batch_size, s.pack_sequences) for s in workflow.stages] == [(n, 32, True) for n in names]
+    given = ReportTrainingWorkflow({}, dataset_dir=tmp_path / "data", output_dir=tmp_path / "run",
+                                   stages=[{"name": "stage0"}])  # fmt: skip
+    assert given.stages[0].batch_size == 8  # given stages take no recipe defaults
+
+
 @pytest.fixture(scope="module")
 def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``training`` run end to end on the embedded path (synthetic data generated into an empty dataset_dir)."""
