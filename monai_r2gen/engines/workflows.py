@@ -729,7 +729,8 @@ class ReportTrainingWorkflow:
 
         Stages already completed in ``output_dir`` are not trained again: their policy is re-applied and their
         hand-over weights loaded, so a killed run continues where it stopped. Selecting a later stage alone runs the
-        earlier enabled stages' restoration from disk first (they must have completed).
+        earlier enabled stages' restoration from disk first (they must have completed); the stages after the last
+        one selected are left for a later call, and the model saved is the one after the selected stages.
 
         Returns:
             per-stage summaries (iterations, seconds, best metric, feature-cache counts) and the model directory.
@@ -748,7 +749,9 @@ class ReportTrainingWorkflow:
             self.build_network()
             self._mlflow()  # a missing mlflow fails before any training
             interrupted = False
-            for stage in self.stages:
+            names = [s.name for s in self.stages]
+            last = max(names.index(name) for name in wanted) if wanted else len(names) - 1
+            for stage in self.stages[: last + 1]:  # the stages after the last one named are not run
                 if not stage.enabled:
                     continue
                 heads = [getattr(unwrap_model(self.network), h, None) for h in ("finding_head", "attribute_head")]

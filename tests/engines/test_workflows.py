@@ -345,6 +345,23 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data: Path, tm
 
 
 @pytest.mark.slow
+def test_named_stages_run_alone_in_order(tiny_data: Path, tmp_path: Path) -> None:
+    """``run("stage0")`` (the bundle's ``train_stage0``) trains that stage, saves the model and leaves the later
+    stages; a later stage alone needs the earlier ones complete."""
+    stages = [{"name": name, "batch_size": 8, "max_iterations": 2, "lr": 1e-3, "validate": False}
+              for name in ("stage0", "stage1", "stage2")]  # fmt: skip
+    with pytest.raises(ValueError, match="stage stage0 must run before"):
+        _workflow(tiny_data, tmp_path / "run", stages).run("stage2")
+    first = _workflow(tiny_data, tmp_path / "run", stages).run("stage0")
+    assert first["complete"] and set(first["stages"]) == {"stage0"}
+    assert (tmp_path / "run" / "model" / "generator.json").is_file()
+    assert not (tmp_path / "run" / "stages" / "stage1").exists()
+    second = _workflow(tiny_data, tmp_path / "run", stages).run(["stage1"])
+    assert second["complete"] and set(second["stages"]) == {"stage1"}  # stage 0 restored, not trained again
+    assert not StageCompletion.is_complete(tmp_path / "run" / "stages" / "stage2")
+
+
+@pytest.mark.slow
 def test_stages_hand_over_and_completed_stages_are_skipped(tiny_data: Path, tmp_path: Path) -> None:
     stages = [
         {"name": "stage0", "batch_size": 8, "max_iterations": 3, "lr": 1e-3, "validate": False},
