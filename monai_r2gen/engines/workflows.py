@@ -28,6 +28,7 @@ Outputs of a training run (``output_dir``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -116,6 +117,16 @@ __all__ = [
 
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StagePlan:
+    """A stage's lengths and where its resume checkpoints go."""
+
+    epoch_length: int
+    total_iterations: int
+    save_interval: int
+    ckpt_dir: Path
 
 
 class ReportTrainingWorkflow:
@@ -666,42 +677,9 @@ class ReportTrainingWorkflow:
         if saver_state is not None:
             save_dict["best"] = saver_state
 
-        # resume first (Events.STARTED handlers run in attach order)
-        last = latest_checkpoint(ckpt_dir) if self.resume else None
-        if last is not None:
-            logger.info("stage %s: resuming from %s", stage.name, last)
-            CheckpointLoader(load_path=str(last), load_dict=save_dict, map_location=self.device).attach(trainer)
-            if sharded is not None:  # the loaded weights went into the plain model
-                trainer.add_event_handler(Events.STARTED, sharded.scatter)
-        if sampler is not None:
-            _attach_resume_skip(trainer, sampler, stage.batch_size)
-
-        LrScheduleHandler(scheduler, print_lr=False, epoch_level=False).attach(trainer)
-        GradientClipHandler(float(stage.grad_clip or 0.0)).attach(trainer)
-        progress = self._attach_logging(trainer, stage, epoch_length, total_iterations, writer)
-        if evaluator is not None:
-            ValidationHandler(
-                validator=evaluator, interval=int(stage.val_interval), epoch_level=bool(stage.val_epoch_level)
-            ).attach(trainer)
-        self._attach_tracking(trainer, evaluator, stage)
-        ResumeCheckpointSaver(
-            save_dir=str(ckpt_dir),
-            save_dict=save_dict,
-            file_prefix="last",
-            save_final=True,
-            save_interval=save_interval,
-            epoch_level=False,
-            n_saved=1,
-        ).attach(trainer)
-        if stage.max_iterations:
-            trainer.add_event_handler(
-                Events.ITERATION_COMPLETED(once=int(stage.max_iterations)), lambda e: e.terminate()
-            )
-        if evaluator is not None:
-            trainer.add_event_handler(Events.COMPLETED, _FinalValidation(evaluator, trainer, budget=total_iterations))
-        trainer.add_event_handler(Events.COMPLETED, _Handover(stage, state, ckpt_dir, evaluator))
-        completion = StageCompletion(stage_dir, stage.name, state, evaluator=evaluator)
-        completion.attach(trainer)
+        plan = _StagePlan(epoch_length, total_iterations, save_interval, ckpt_dir)
+        progress, completion = self._attach_handlers(trainer, stage, plan, save_dict, state, scheduler, sampler,
+                                                     sharded, evaluator, writer)  # fmt: skip
 
         start = time.perf_counter()
         try:
@@ -716,6 +694,64 @@ class ReportTrainingWorkflow:
         self.history[stage.name] = result
         logger.info("stage %s finished: %s", stage.name, json.dumps(result, default=str))
         return result
+
+    def _attach_handlers(
+        self,
+        trainer: Any,
+        stage: StageSettings,
+        plan: _StagePlan,
+        save_dict: dict[str, Any],
+        state: TrainableState,
+        scheduler: Any,
+        sampler: Any,
+        sharded: ShardedStage | None,
+        evaluator: Any,
+        writer: Any,
+    ) -> tuple[Any, StageCompletion]:
+        """The stage trainer's handlers: resume, learning rate, clipping, logging, validation, tracking, resume
+        checkpoints, the iteration budget, the final validation, the hand-over and the completion marker.
+
+        Returns:
+            the progress reporter (closed by the caller) and the stage's completion marker.
+        """
+        # resume first (Events.STARTED handlers run in attach order)
+        last = latest_checkpoint(plan.ckpt_dir) if self.resume else None
+        if last is not None:
+            logger.info("stage %s: resuming from %s", stage.name, last)
+            CheckpointLoader(load_path=str(last), load_dict=save_dict, map_location=self.device).attach(trainer)
+            if sharded is not None:  # the loaded weights went into the plain model
+                trainer.add_event_handler(Events.STARTED, sharded.scatter)
+        if sampler is not None:
+            _attach_resume_skip(trainer, sampler, stage.batch_size)
+
+        LrScheduleHandler(scheduler, print_lr=False, epoch_level=False).attach(trainer)
+        GradientClipHandler(float(stage.grad_clip or 0.0)).attach(trainer)
+        progress = self._attach_logging(trainer, stage, plan.epoch_length, plan.total_iterations, writer)
+        if evaluator is not None:
+            ValidationHandler(
+                validator=evaluator, interval=int(stage.val_interval), epoch_level=bool(stage.val_epoch_level)
+            ).attach(trainer)
+        self._attach_tracking(trainer, evaluator, stage)
+        ResumeCheckpointSaver(
+            save_dir=str(plan.ckpt_dir),
+            save_dict=save_dict,
+            file_prefix="last",
+            save_final=True,
+            save_interval=plan.save_interval,
+            epoch_level=False,
+            n_saved=1,
+        ).attach(trainer)
+        if stage.max_iterations:
+            trainer.add_event_handler(
+                Events.ITERATION_COMPLETED(once=int(stage.max_iterations)), lambda e: e.terminate()
+            )
+        if evaluator is not None:
+            final = _FinalValidation(evaluator, trainer, budget=plan.total_iterations)
+            trainer.add_event_handler(Events.COMPLETED, final)
+        trainer.add_event_handler(Events.COMPLETED, _Handover(stage, state, plan.ckpt_dir, evaluator))
+        completion = StageCompletion(self.stage_dir(stage), stage.name, state, evaluator=evaluator)
+        completion.attach(trainer)
+        return progress, completion
 
     def _restore_completed(self, stage: StageSettings) -> None:
         """Re-apply a completed stage's policy and load its hand-over weights (resume after an interruption)."""

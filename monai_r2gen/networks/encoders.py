@@ -397,6 +397,8 @@ class FeatureMapEncoder(VisionEncoder):
         activation: optional module applied to the feature map (e.g. ReLU after DenseNet's last norm).
         position_encoding: add a fixed 2D sine-cosine position encoding to the tokens (a CNN grid carries little
             absolute position information by itself).
+        channels_last: keep the convolution weights and run the input in channels-last memory format (the same
+            values; oneDNN's faster layout for convolutions on CPU).
         **kwargs: ``mean``, ``std``, ``feature``, ``normalize`` of :class:`VisionEncoder`.
     """
 
@@ -408,15 +410,19 @@ class FeatureMapEncoder(VisionEncoder):
         image_size: Sequence[int] | int | None = None,
         activation: nn.Module | None = None,
         position_encoding: bool = False,
+        channels_last: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(out_dim=out_dim, in_channels=in_channels, image_size=image_size, **kwargs)
-        self.features = features
+        self.channels_last = bool(channels_last)
+        self.features = features.to(memory_format=torch.channels_last) if self.channels_last else features
         self.activation = activation if activation is not None else nn.Identity()
         self.position_encoding = bool(position_encoding)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The ``(b, C, h, w)`` feature map of a preprocessed batch."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.activation(self.features(x))
 
     def encode_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -434,7 +440,8 @@ class FeatureMapEncoder(VisionEncoder):
 class SmallCNNEncoder(FeatureMapEncoder):
     """The embedded default's encoder: stages of two MONAI convolution blocks, the first of each with stride 2.
 
-    With the default four stages a 128 px radiograph gives an 8x8 grid of 64 tokens of 256 values. Batch
+    With the default four stages a 128 px radiograph gives an 8x8 grid of 64 tokens of 256 values. The weights and
+    activations are kept channels-last (faster convolutions on CPU, the same values). Batch
     normalisation: trained from scratch on the phantoms, the same network with GroupNorm stayed at chance for 150
     iterations where BatchNorm reached a CheXpert micro-F1 of 0.73 in 300 (a pooled 14-label probe, batch 32). In
     eval mode, and whenever the encoder is frozen (see :meth:`VisionEncoder.train`), each study's tokens depend on
@@ -477,6 +484,7 @@ class SmallCNNEncoder(FeatureMapEncoder):
             in_channels=in_channels,
             image_size=image_size,
             position_encoding=True,
+            channels_last=True,  # 0.76x the warm-up's CNN step on 2 CPU cores (channels-first: 0.157 s, 0.120 s)
             mean=mean,
             std=std,
             feature=feature,

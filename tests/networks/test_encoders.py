@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -92,6 +94,23 @@ def test_small_cnn_grid_and_positions():
     assert len({tuple(t.round(decimals=4).tolist()) for t in tokens[0, 0]}) == 64
     pos = sincos_position_encoding_2d(8, 8, 256)
     assert pos.shape == (64, 256) and not torch.allclose(pos[0], pos[1])
+
+
+def test_small_cnn_channels_last_gives_the_channels_first_values():
+    torch.manual_seed(0)
+    encoder = SmallCNNEncoder(channels=(8, 16)).eval()
+    assert encoder.channels_last and encoder.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(encoder)
+    plain.features.to(memory_format=torch.contiguous_format)
+    plain.channels_last = False
+    images = torch.rand(2, 1, 1, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(images), plain(images), atol=1e-5, rtol=1e-4)
+    copied = SmallCNNEncoder(channels=(8, 16)).eval()  # a state dict (contiguous, as saved) loads into the layout
+    copied.load_state_dict({k: v.contiguous() for k, v in plain.state_dict().items()})
+    assert copied.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(copied(images), plain(images), atol=1e-5, rtol=1e-4)
 
 
 def test_encoder_output_independent_of_batch_neighbours():
