@@ -16,7 +16,7 @@ Variants (stage lists for :class:`~monai_r2gen.engines.workflows.ReportTrainingW
 Every variant gets the same number of iterations in stages 0-2 (``total_iterations``, default 340: the bundle's
 200 + 40 + 100) at the same batch size, split in the bundle's proportions; budgets are counted in iterations, not
 seconds, so runs compare across machines. Every variant starts with the same encoder warm-up
-(``warmup_iterations``, default the bundle's 1000; it trains the CNN and the attribute head without running the LLM,
+(``warmup_iterations``, default the bundle's; it trains the CNN and the attribute head without running the LLM,
 so it is not part of the protocol under test). Each variant is trained from the same initial model (same data set,
 same seed) for every seed, then scored on the test split: CheXpert-14 micro / macro F1, BLEU-4, CIDEr. The stage
 settings below are those of ``bundle/configs/train.yaml``; every image stage teacher-forces the slot prompts.
@@ -76,8 +76,13 @@ ABLATION_VARIANTS: dict[str, list[tuple[str, dict[str, Any], int]]] = {
 ABLATION_METRICS = ("CE-14 micro-F1", "CE-14 macro-F1", "BLEU-4", "CIDEr")
 
 
+def _warmup_iterations(given: int | None) -> int:
+    """The warm-up length asked for, or the bundle's."""
+    return int(_BASE_STAGES["encoder_warmup"]["max_iterations"] if given is None else given)
+
+
 def variant_stages(variant: str, total_iterations: int = 340, batch_size: int = 32, validate: bool = False,
-                   warmup_iterations: int = 1000) -> list[dict[str, Any]]:  # fmt: skip
+                   warmup_iterations: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Stage settings of a variant: the encoder warm-up, then stages whose iterations sum to ``total_iterations``.
 
     Args:
@@ -86,7 +91,8 @@ def variant_stages(variant: str, total_iterations: int = 340, batch_size: int = 
         batch_size: training batch size of every stage.
         validate: validate during training (off by default: every variant hands over its last weights, so the
             budget is exactly the same).
-        warmup_iterations: iterations of the encoder warm-up that precedes every variant (0: none).
+        warmup_iterations: iterations of the encoder warm-up that precedes every variant (0: none; None: the
+            bundle's).
 
     Raises:
         ValueError: unknown variant or a budget too small to give every stage an iteration.
@@ -102,6 +108,7 @@ def variant_stages(variant: str, total_iterations: int = 340, batch_size: int = 
         largest = max(range(len(counts)), key=lambda i: counts[i])
         counts[largest] += 1 if sum(counts) < total_iterations else -1
     stages = []
+    warmup_iterations = _warmup_iterations(warmup_iterations)
     if warmup_iterations > 0:
         warmup = copy.deepcopy(_BASE_STAGES["encoder_warmup"])
         warmup.update({"max_iterations": int(warmup_iterations), "batch_size": int(batch_size), "handover": "last"})
@@ -123,7 +130,7 @@ def run_ablation(
     variants: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1),
     total_iterations: int = 340,
-    warmup_iterations: int = 1000,
+    warmup_iterations: int | None = None,
     batch_size: int = 32,
     n_studies: int = 2000,
     image_size: int = 128,
@@ -141,7 +148,7 @@ def run_ablation(
         variants: subset of :data:`ABLATION_VARIANTS` (default: all).
         seeds: training seeds.
         total_iterations: iterations per run, shared by its stages 0-2.
-        warmup_iterations: encoder warm-up iterations before every variant (0: none).
+        warmup_iterations: encoder warm-up iterations before every variant (0: none; None: the bundle's).
         batch_size: batch size of every stage.
         n_studies: studies of a generated data set.
         image_size: view size.
@@ -193,7 +200,7 @@ def run_ablation(
             logger.info("ablation %s seed %d: %s", name, seed, {k: result["scores"].get(k) for k in ABLATION_METRICS})
             runs.append({"variant": name, "seed": int(seed), "scores": result["scores"],
                          "seconds": round(train_seconds, 1)})  # fmt: skip
-    settings = {"total_iterations": total_iterations, "warmup_iterations": warmup_iterations,
+    settings = {"total_iterations": total_iterations, "warmup_iterations": _warmup_iterations(warmup_iterations),
                 "batch_size": batch_size, "seeds": list(seeds),
                 "n_studies": n_studies, "image_size": image_size, "eval_max_studies": eval_max_studies}  # fmt: skip
     table = ablation_table(runs)

@@ -93,7 +93,12 @@ def add_ablation_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--variants", type=_str_list, default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--seeds", type=_int_list, default=[0, 1], help="comma-separated seeds")
     parser.add_argument("--iterations", type=int, default=340, help="iterations per run shared by stages 0-2")
-    parser.add_argument("--warmup-iterations", type=int, default=1000, help="encoder warm-up before every variant")
+    parser.add_argument(
+        "--warmup-iterations",
+        type=int,
+        default=None,
+        help="encoder warm-up before every variant (default: the bundle's)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--n-studies", type=int, default=2000, help="studies of a generated data set")
     parser.add_argument("--image-size", type=int, default=128)
