@@ -624,7 +624,25 @@ class RadiologyReportGenerator(nn.Module):
                 attribute_box_views,
             )  # fmt: skip
         output, labels = self._run_llm(embeds, attention_mask, labels, pack_sequences, **kwargs)
-        if aux:
+        self._add_auxiliary_losses(output, labels, visual_tokens, view_mask, finding_labels if aux else None,
+                                   attribute_targets, prompts, alignment)  # fmt: skip
+        return output
+
+    def _add_auxiliary_losses(
+        self,
+        output: Any,
+        labels: torch.Tensor | None,
+        visual_tokens: torch.Tensor | None,
+        view_mask: torch.Tensor | None,
+        finding_labels: torch.Tensor | None,
+        attribute_targets: tuple[torch.Tensor | None, ...] | None,
+        prompts: Any,
+        alignment: torch.Tensor | None,
+    ) -> None:
+        """Add the auxiliary losses to the LLM's ``output`` (each under its own key, weighted into ``.loss``): the
+        finding head's (``finding_labels`` given), the attribute head's, the attribute-word loss and the prompt
+        alignment loss."""
+        if finding_labels is not None:
             finding_loss, logits = self._finding_loss(visual_tokens, view_mask, finding_labels)
             lm_loss = output.loss
             output["lm_loss"] = lm_loss
@@ -642,7 +660,6 @@ class RadiologyReportGenerator(nn.Module):
         if alignment is not None and alignment.requires_grad:
             output["alignment_loss"] = alignment
             _add_loss(output, self.config.attribute_prompt_weight * alignment)
-        return output
 
     def _text_only_embeddings(
         self,
