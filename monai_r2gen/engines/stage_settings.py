@@ -56,7 +56,7 @@ DEFAULT_STAGE_DEFAULTS: dict[str, Any] = {"batch_size": 32, "lr": 3e-3, "end_lr"
 #: the default recipe, each stage stating what differs from :data:`DEFAULT_STAGE_DEFAULTS`: the stages of the bundle's
 #: ``configs/train.yaml`` (a test keeps the two equal). Lengths are iterations, never wall-clock time.
 DEFAULT_STAGES: list[dict[str, Any]] = [
-    {"name": "encoder_warmup", "augment": True, "max_iterations": 1000, "warmup_steps": 20, "end_lr": 1e-5},
+    {"name": "encoder_warmup", "augment": True, "max_iterations": 1500, "warmup_steps": 20, "end_lr": 1e-5},
     {"name": "stage0", "text_only": True, "train_encoder": False, "max_iterations": 200, "warmup_steps": 10},
     {"name": "stage1", "train_encoder": False, "teacher_forcing": 1.0, "max_iterations": 40, "warmup_steps": 5,
      "validate": False},

@@ -29,7 +29,7 @@ def test_every_variant_gets_the_same_budget(variant, total):
 def test_variant_contents():
     full = variant_stages("full")
     assert [s["name"] for s in full] == ["encoder_warmup", "stage0", "stage1", "stage2"]
-    assert [s["max_iterations"] for s in full] == [1000, 200, 40, 100]  # bundle/configs/train.yaml
+    assert [s["max_iterations"] for s in full] == [1500, 200, 40, 100]  # bundle/configs/train.yaml
     assert [s["name"] for s in variant_stages("no_stage1", warmup_iterations=0)] == ["stage0", "stage2"]
     assert [s["name"] for s in variant_stages("no_stage0", warmup_iterations=0)] == ["stage1", "stage2"]
     assert [s.get("train_encoder") for s in full[1:]] == [False] * 3  # the CNN rests after its warm-up
