@@ -69,6 +69,9 @@ class ShardedStage:
             raise RuntimeError("parallel: fsdp needs torch.distributed (run the training with torchrun)")
         self.network = network
         self.module = copy.deepcopy(network)
+        for param in self.module.parameters():  # FSDP2 shards contiguous tensors only (a channels-last CNN's are not)
+            if not param.is_contiguous():
+                param.data = param.data.contiguous()
         kwargs = {} if mesh is None else {"mesh": mesh}
         units = list(_decoder_layers(self.module.llm))
         # one unit per part: FSDP needs one dtype among a unit's trained parameters (a bf16 LLM, float32 projector)
@@ -103,7 +106,7 @@ class ShardedStage:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         plain = dict(self.network.named_parameters())
-        state = {name: plain[name].detach() for name in self.trained}
+        state = {name: plain[name].detach().contiguous() for name in self.trained}
         set_model_state_dict(self.module, state, options=StateDictOptions(full_state_dict=True, strict=False))
         buffers = dict(self.module.named_buffers())
         with torch.no_grad():

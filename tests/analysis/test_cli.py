@@ -55,7 +55,7 @@ def test_parse_the_three_analyses():
         ["analyze", "ablation", "--data", "d", "--out", "o", "--seeds", "0,1,2", "--variants", "full,deep"]
     )
     assert args.func is cmd_ablation and args.seeds == [0, 1, 2] and args.variants == ["full", "deep"]
-    assert args.iterations == 340 and args.warmup_iterations == 1000
+    assert args.iterations == 340 and args.warmup_iterations is None  # None: the bundle's warm-up
 
 
 def test_prompts_handler_prints_the_table(saved_model_dir, phantom_dir, tmp_path, capsys):

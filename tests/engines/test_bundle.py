@@ -262,9 +262,12 @@ def test_multi_gpu_train_with_two_cpu_processes(tmp_path: Path) -> None:
         assert a.keys() == b.keys()
         for key in a:
             # AdamW turns a gradient of rounding noise (the CNN's conv biases before batch norm, a few dead GELU
-            # inputs of the attribute head) into a full step: a few such elements may differ by up to ~lr per step
+            # inputs of the attribute head) into a full step: a few such elements may differ by up to ~lr per step,
+            # and the batch norm's running means follow those biases (the sharded copy's CNN is channels-first, the
+            # plain one channels-last: other rounding)
             off = ~torch.isclose(b[key].float(), a[key].float(), atol=1e-4, rtol=1e-3)
-            assert float(off.float().mean()) <= 0.01 or key.endswith("conv.bias"), f"{name}: {key}"
+            noisy = key.endswith(("conv.bias", "running_mean"))
+            assert float(off.float().mean()) <= 0.01 or noisy, f"{name}: {key}"
             torch.testing.assert_close(b[key], a[key], atol=5e-3, rtol=1e-3, msg=f"{name}: {key}")
 
 
