@@ -484,7 +484,7 @@ class SmallCNNEncoder(FeatureMapEncoder):
             in_channels=in_channels,
             image_size=image_size,
             position_encoding=True,
-            channels_last=True,  # 0.76x the warm-up's CNN step on 2 CPU cores (channels-first: 0.157 s, 0.120 s)
+            channels_last=True,  # the CNN training step 0.120 s against 0.157 s channels-first (48 views, 2 CPU cores)
             mean=mean,
             std=std,
             feature=feature,
